@@ -1,0 +1,12 @@
+"""samhess: sharpness-aware optimizers and the Hessian analysis behind them.
+
+Layers, each importing only from those before it:
+
+* :mod:`samhess.optim` -- SAM, USAM, ASAM and IRE over any base optimizer;
+* :mod:`samhess.curvature` -- Hessian, GGN and Fisher operators and the estimators on them;
+* :mod:`samhess.analysis` -- the seed note's claims turned into measurements;
+* :mod:`samhess.experiments` -- data sets, models, the tracked training loop and reports;
+* :mod:`samhess.cli` -- the ``samhess`` command.
+"""
+
+__version__ = "0.1.0"
