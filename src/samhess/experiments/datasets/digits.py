@@ -1,0 +1,69 @@
+"""scikit-learn's 8x8 handwritten digits, shipped with scikit-learn (no download).
+
+Reference:
+    E. Alpaydin and C. Kaynak, "Optical Recognition of Handwritten Digits", UCI Machine Learning
+    Repository, 1998. https://doi.org/10.24432/C50P49
+"""
+
+from __future__ import annotations
+
+from sklearn.datasets import load_digits as sklearn_load_digits
+from sklearn.model_selection import train_test_split
+
+from .preprocessing import (
+    channel_statistics,
+    check_limit,
+    check_test_fraction,
+    first_rows,
+    labels_tensor,
+    standardize,
+)
+from .task import TaskData
+
+
+def load_digits(
+    *,
+    data_dir=None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    limit: int | None = None,
+    test_limit: int | None = None,
+) -> TaskData:
+    """1797 grey 8x8 images of the digits 0-9, as ``(N, 1, 8, 8)`` float32 images.
+
+    The images are split into train and test sets stratified by class, shuffled by ``seed``
+    (``sklearn.model_selection.train_test_split``), then standardized with the mean and standard
+    deviation of the training pixels.
+
+    Args:
+        data_dir: unused (the data ship with scikit-learn).
+        seed: decides the split and the order of the examples.
+        test_fraction: share of the 1797 examples held out (default 0.2: 1437 train, 360 test).
+        limit: keep only the first ``limit`` training examples.
+        test_limit: keep only the first ``test_limit`` test examples.
+    """
+    del data_dir
+    test_fraction = check_test_fraction(test_fraction)
+    limit = check_limit("limit", limit)
+    test_limit = check_limit("test_limit", test_limit)
+    images, labels = sklearn_load_digits(return_X_y=True)
+    images = images.reshape(-1, 1, 8, 8)
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, labels, test_size=test_fraction, random_state=seed, stratify=labels
+    )
+    mean, std = channel_statistics(train_x)
+    return TaskData(
+        name="digits",
+        kind="classification",
+        train_inputs=standardize(first_rows(train_x, limit), mean, std),
+        train_targets=labels_tensor(first_rows(train_y, limit), 10, "digits"),
+        test_inputs=standardize(first_rows(test_x, test_limit), mean, std),
+        test_targets=labels_tensor(first_rows(test_y, test_limit), 10, "digits"),
+        input_shape=(1, 8, 8),
+        num_outputs=10,
+        metadata={
+            "source": "sklearn.datasets.load_digits",
+            "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+            "split": {"test_fraction": test_fraction, "stratified": True, "seed": seed},
+        },
+    )
