@@ -1,0 +1,457 @@
+r"""Implicit Regularization Enhancement (IRE) over any optimizer, SAM included.
+
+IRE (Wang et al., NeurIPS 2024) speeds up the optimizer along the *flat* coordinates only. With
+:math:`w_{\text{old}}` the weights before a base step and :math:`w_{\text{new}}` after it,
+
+.. math::
+
+    D = w_{\text{new}} - w_{\text{old}}, \qquad
+    w_{\text{new}} \leftarrow w_{\text{new}} + \kappa\, m \odot D,
+
+where :math:`m \in \{0, 1\}^n` is 1 on the ``round(gamma * n)`` coordinates with the smallest
+diagonal-curvature estimate (the flattest ones). Flat coordinates therefore move
+:math:`1 + \kappa` times as far as the base optimizer moved them and sharp coordinates exactly as
+far. For plain SGD this is :math:`w_{t+1} = w_t - \eta (I + \kappa P_t) \nabla L(w_t)` with the
+projection :math:`P_t = \operatorname{diag}(m)`; over AdamW it is the paper's AdmIRE and over
+:class:`~samhess.optim.SAM` its SAM-IRE.
+
+The estimate comes from the training loop (``samhess.curvature.fisher_diagonal``, the
+Gauss-Newton-Bartlett / sampled-label Fisher diagonal), which calls :meth:`IRE.update_mask`
+whenever :meth:`IRE.needs_refresh` says so, i.e. every ``refresh_every`` steps.
+
+Reference:
+    M. Wang, J. He, K. Jiang, Z. Liu, W. E, L. Wu. Improving Generalization and Convergence by
+    Enhancing Implicit Regularization. NeurIPS 2024.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from samhess._validation import (
+    check_int_at_least,
+    check_nonnegative,
+    check_open_unit_interval,
+    check_real,
+)
+from samhess.optim.masks import flattest_coordinates_mask
+
+__all__ = ["IRE"]
+
+_HYPERPARAMETERS = (
+    "kappa",
+    "gamma",
+    "refresh_every",
+    "start_step",
+    "ema",
+    "per_tensor",
+    "kappa_follows_lr",
+)
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _check_ema(value: object) -> float:
+    value = check_real("ema", value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"ema must lie in [0, 1), got {value!r}")
+    return value
+
+
+@dataclass
+class _GroupAmplification:
+    """The tensors of one parameter group whose mask selects at least one coordinate."""
+
+    params: list[torch.Tensor] = field(default_factory=list)
+    masks: list[torch.Tensor] = field(default_factory=list)
+    snapshots: list[torch.Tensor] = field(default_factory=list)
+    # lerp weights -kappa_t * mask, recomputed only when kappa_t changes
+    weights: list[torch.Tensor] = field(default_factory=list)
+    kappa: float | None = None
+
+
+class IRE(Optimizer):
+    r"""Implicit Regularization Enhancement wrapped around an optimizer instance.
+
+    After every base step from :math:`w_{\text{old}}` to :math:`w_{\text{new}}`, IRE sets
+    :math:`w_{\text{new}} \leftarrow w_{\text{new}} + \kappa_t\, m \odot (w_{\text{new}} -
+    w_{\text{old}})` (Wang et al., NeurIPS 2024). The mask :math:`m` is 1 on the
+    ``round(gamma * n)`` coordinates with the smallest diagonal estimate, ranked globally over
+    all parameters (or within each tensor with ``per_tensor=True``); ties go to the lower flat
+    index (stable sort by value, then by position in the concatenated parameter vector). With
+    ``kappa_follows_lr`` the amplification follows the schedule,
+    :math:`\kappa_t = \kappa\, \eta_t / \eta_0` per parameter group.
+
+    Steps with index below ``start_step`` are plain base steps. From ``start_step`` on, the
+    training loop must supply a mask: whenever :meth:`needs_refresh` is ``True`` (at
+    ``start_step`` and every ``refresh_every`` steps after each refresh) it computes a diagonal
+    estimate and calls :meth:`update_mask`. With ``ema > 0`` the mask ranks the exponential
+    moving average :math:`\hat d \leftarrow \text{ema}\,\hat d + (1 - \text{ema})\, d` of the
+    estimates (the first estimate initializes it).
+
+    ``param_groups`` is the inner optimizer's list, so a learning-rate scheduler attached to the
+    ``IRE`` object drives the inner optimizer. Over a :class:`~samhess.optim.SAM` the two-step
+    API (``first_step``/``second_step``, with an optional ``grad_scaler``) and ``step(closure)``
+    both work; a step that GradScaler skips is not counted and amplifies nothing.
+
+    Args:
+        optimizer: the optimizer *instance* to wrap (SGD, AdamW, SAM, ...).
+        kappa: amplification :math:`\kappa \ge 0` of the flat coordinates' step.
+        gamma: fraction of coordinates treated as flat, in (0, 1).
+        refresh_every: steps between mask refreshes (>= 1).
+        start_step: index of the first amplified step (>= 0).
+        ema: averaging factor of the diagonal estimates, in [0, 1); 0 uses the latest one.
+        per_tensor: rank coordinates within each parameter tensor instead of globally.
+        kappa_follows_lr: scale :math:`\kappa` by each group's learning rate over its initial
+            one (``initial_lr`` if a scheduler already set it, else ``lr`` at construction).
+
+    Attributes:
+        optimizer: the wrapped optimizer.
+        step_count: number of completed (not skipped) steps.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        kappa: float,
+        gamma: float,
+        refresh_every: int = 10,
+        start_step: int = 0,
+        ema: float = 0.0,
+        per_tensor: bool = False,
+        kappa_follows_lr: bool = False,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer instance, got {optimizer!r}"
+            )
+        if isinstance(optimizer, IRE):
+            raise TypeError("optimizer must not itself be an IRE")
+        self.kappa = kappa
+        self.gamma = gamma
+        self.refresh_every = refresh_every
+        self.start_step = start_step
+        self.ema = ema
+        self.per_tensor = _check_flag("per_tensor", per_tensor)
+        self.kappa_follows_lr = _check_flag("kappa_follows_lr", kappa_follows_lr)
+        super().__init__(optimizer.param_groups, {})
+        self.param_groups = optimizer.param_groups
+        self.optimizer = optimizer
+        self.step_count = 0
+        self._initial_lrs = [float(g.get("initial_lr", g["lr"])) for g in self.param_groups]
+        if self.kappa_follows_lr:
+            for index, lr in enumerate(self._initial_lrs):
+                if lr == 0.0:
+                    raise ValueError(
+                        f"kappa_follows_lr needs a nonzero initial learning rate, got "
+                        f"param_groups[{index}]['lr'] = {lr!r}"
+                    )
+        self._mask: list[torch.Tensor] | None = None
+        self._estimate: list[torch.Tensor] | None = None
+        self._refreshed_at: int | None = None
+        self._groups: list[_GroupAmplification] = []
+        self._buffers: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._amplify = False
+        self._pending = False
+        self._pending_scaler: torch.amp.GradScaler | None = None
+
+    # -- hyperparameters, validated on every assignment ----------------------------------------
+
+    @property
+    def kappa(self) -> float:
+        """Amplification of the flat coordinates' step (>= 0)."""
+        return self._kappa
+
+    @kappa.setter
+    def kappa(self, value: float) -> None:
+        self._kappa = check_nonnegative("kappa", value)
+
+    @property
+    def gamma(self) -> float:
+        """Fraction of coordinates selected as flat at the next :meth:`update_mask`."""
+        return self._gamma
+
+    @gamma.setter
+    def gamma(self, value: float) -> None:
+        self._gamma = check_open_unit_interval("gamma", value)
+
+    @property
+    def refresh_every(self) -> int:
+        """Steps between mask refreshes."""
+        return self._refresh_every
+
+    @refresh_every.setter
+    def refresh_every(self, value: int) -> None:
+        self._refresh_every = check_int_at_least("refresh_every", value, 1)
+
+    @property
+    def start_step(self) -> int:
+        """Index of the first amplified step."""
+        return self._start_step
+
+    @start_step.setter
+    def start_step(self, value: int) -> None:
+        self._start_step = check_int_at_least("start_step", value, 0)
+
+    @property
+    def ema(self) -> float:
+        """Averaging factor of the diagonal estimates."""
+        return self._ema
+
+    @ema.setter
+    def ema(self, value: float) -> None:
+        self._ema = _check_ema(value)
+
+    # -- mask -----------------------------------------------------------------------------------
+
+    @property
+    def mask(self) -> list[torch.Tensor] | None:
+        """0/1 tensors shaped like the parameters (``None`` before the first update_mask)."""
+        return self._mask
+
+    @property
+    def estimate(self) -> list[torch.Tensor] | None:
+        """The diagonal estimate the current mask ranks (the EMA with ``ema > 0``)."""
+        return self._estimate
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def needs_refresh(self) -> bool:
+        """Whether the loop should compute a diagonal estimate and call :meth:`update_mask` now.
+
+        True from ``start_step`` on when no mask exists yet or ``refresh_every`` steps have
+        completed since the last refresh.
+        """
+        if self.step_count < self.start_step:
+            return False
+        return self._mask is None or self.step_count - self._refreshed_at >= self.refresh_every
+
+    def _as_parameter_tensors(self, name: str, tensors: object) -> list[torch.Tensor]:
+        params = self._params()
+        if not isinstance(tensors, (list, tuple)):
+            raise TypeError(
+                f"{name} must be a list of tensors shaped like the parameters, "
+                f"got {type(tensors).__name__}"
+            )
+        if len(tensors) != len(params):
+            raise ValueError(
+                f"{name} must hold one tensor per parameter ({len(params)}), got {len(tensors)}"
+            )
+        converted = []
+        for index, (tensor, param) in enumerate(zip(tensors, params)):
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"{name}[{index}] must be a tensor, got {type(tensor).__name__}")
+            if tensor.shape != param.shape:
+                raise ValueError(
+                    f"{name}[{index}] has shape {tuple(tensor.shape)} but parameter {index} has "
+                    f"shape {tuple(param.shape)}"
+                )
+            converted.append(tensor.detach().to(device=param.device, dtype=param.dtype))
+        finite = torch.stack([torch.isfinite(t).all() for t in converted]).tolist()
+        if not all(finite):
+            raise ValueError(f"{name}[{finite.index(False)}] holds inf or NaN values")
+        return converted
+
+    @torch.no_grad()
+    def update_mask(self, diag: Sequence[torch.Tensor]) -> None:
+        """Rank a new diagonal-curvature estimate and select the flat coordinates.
+
+        Args:
+            diag: one tensor per parameter, shaped like it, in parameter order
+                (``[p for g in optimizer.param_groups for p in g["params"]]``, which is
+                ``model.parameters()`` order for an optimizer built from it).
+
+        Raises:
+            TypeError: if ``diag`` is not a list/tuple of tensors.
+            ValueError: if it has the wrong length, a tensor of the wrong shape (named with its
+                index and shapes) or non-finite values.
+            RuntimeError: between ``first_step`` and ``second_step``.
+        """
+        if self._pending:
+            raise RuntimeError("update_mask() between first_step() and second_step()")
+        estimates = self._as_parameter_tensors("diag", diag)
+        if self._estimate is None or self.ema == 0.0:
+            self._estimate = [e.clone() for e in estimates]
+        else:
+            torch._foreach_lerp_(self._estimate, estimates, 1.0 - self.ema)
+        self._set_mask(flattest_coordinates_mask(self._estimate, self.gamma, self.per_tensor))
+        self._refreshed_at = self.step_count
+
+    def _set_mask(self, masks: Sequence[torch.Tensor]) -> None:
+        params = self._params()
+        self._mask = [m.to(dtype=p.dtype, device=p.device) for m, p in zip(masks, params)]
+        selected = torch.stack([m.count_nonzero().cpu() for m in self._mask]).tolist()
+        by_param = dict(zip(map(id, params), zip(self._mask, selected)))
+        self._groups = []
+        for group in self.param_groups:
+            amplification = _GroupAmplification()
+            for p in group["params"]:
+                mask, count = by_param[id(p)]
+                if count == 0:
+                    continue
+                snapshot, weight = self._buffers.get(p, (None, None))
+                if snapshot is None or snapshot.shape != p.shape or snapshot.dtype != p.dtype:
+                    snapshot, weight = torch.empty_like(p), torch.empty_like(p)
+                    self._buffers[p] = (snapshot, weight)
+                amplification.params.append(p)
+                amplification.masks.append(mask)
+                amplification.snapshots.append(snapshot)
+                amplification.weights.append(weight)
+            self._groups.append(amplification)
+
+    # -- stepping -------------------------------------------------------------------------------
+
+    def _kappa_now(self, group_index: int) -> float:
+        if not self.kappa_follows_lr:
+            return self.kappa
+        lr = float(self.param_groups[group_index]["lr"])
+        return self.kappa * lr / self._initial_lrs[group_index]
+
+    @torch.no_grad()
+    def _begin_step(self) -> None:
+        active = self.step_count >= self.start_step
+        if active and self._mask is None:
+            raise RuntimeError(
+                f"IRE reached step {self.step_count} (start_step={self.start_step}) without a "
+                "mask: call update_mask(diag) whenever needs_refresh() is True"
+            )
+        self._amplify = active and self.kappa > 0.0
+        if self._amplify:
+            for amplification in self._groups:
+                if amplification.params:
+                    torch._foreach_copy_(amplification.snapshots, amplification.params)
+
+    @torch.no_grad()
+    def _finish_step(self, skipped: bool) -> None:
+        if skipped:
+            return
+        if self._amplify:
+            for index, amplification in enumerate(self._groups):
+                if not amplification.params:
+                    continue
+                kappa = self._kappa_now(index)
+                if kappa != amplification.kappa:
+                    torch._foreach_copy_(amplification.weights, amplification.masks)
+                    torch._foreach_mul_(amplification.weights, -kappa)
+                    amplification.kappa = kappa
+                # p + (-kappa m)(w_old - p) = w_new + kappa m (w_new - w_old), one fused pass
+                torch._foreach_lerp_(
+                    amplification.params, amplification.snapshots, amplification.weights
+                )
+        self.step_count += 1
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One base step (``optimizer.step(closure)``) followed by the amplification.
+
+        Without a closure and with a ``first_step`` pending (SAM inner), completes that step.
+
+        Returns:
+            Whatever the inner optimizer's ``step`` returns (the loss for a closure).
+        """
+        if self._pending:
+            if closure is not None:
+                raise RuntimeError("first_step() is pending: call second_step(), not step(closure)")
+            scaler, self._pending_scaler, self._pending = self._pending_scaler, None, False
+            self.optimizer.second_step(grad_scaler=scaler)
+            self._finish_step(bool(getattr(self.optimizer, "skipped_last_step", False)))
+            return None
+        self._begin_step()
+        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        self._finish_step(False)
+        return loss
+
+    def first_step(
+        self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None
+    ) -> None:
+        """SAM inner only: remember :math:`w`, then the inner ``first_step`` (:math:`w + e`)."""
+        if not callable(getattr(self.optimizer, "first_step", None)):
+            raise TypeError(
+                f"first_step() needs a SAM inner optimizer, got {type(self.optimizer).__name__}"
+            )
+        if self._pending:
+            raise RuntimeError("first_step() called twice without second_step()")
+        self._begin_step()
+        self.optimizer.first_step(zero_grad=zero_grad, grad_scaler=grad_scaler)
+        self._pending = True
+
+    def second_step(
+        self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None
+    ) -> None:
+        """SAM inner only: the inner ``second_step`` (optionally through ``grad_scaler``), then
+        the amplification of the step it took from :math:`w`."""
+        if not self._pending:
+            raise RuntimeError("second_step() called without a preceding first_step()")
+        self._pending_scaler = grad_scaler
+        self.step()
+        if zero_grad:
+            self.zero_grad()
+
+    # -- checkpointing --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Inner optimizer state, mask, estimate, step count, refresh step and hyperparameters.
+
+        As with torch optimizers, the tensors are references; ``torch.save`` or deep-copy the
+        dict to keep a snapshot.
+        """
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "step_count": self.step_count,
+            "refreshed_at": self._refreshed_at,
+            "mask": None if self._mask is None else list(self._mask),
+            "estimate": None if self._estimate is None else list(self._estimate),
+            "initial_lrs": list(self._initial_lrs),
+            "hyperparameters": {name: getattr(self, name) for name in _HYPERPARAMETERS},
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a dict from :meth:`state_dict` (the inner optimizer's state included)."""
+        required = ("optimizer", "step_count", "refreshed_at", "mask", "estimate",
+                    "initial_lrs", "hyperparameters")
+        missing = [key for key in required if key not in state_dict]
+        if missing:
+            raise ValueError(f"state_dict lacks the IRE entries {missing}")
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        self.param_groups = self.optimizer.param_groups
+        hyperparameters = state_dict["hyperparameters"]
+        for name in ("kappa", "gamma", "refresh_every", "start_step", "ema"):
+            setattr(self, name, hyperparameters[name])
+        self.per_tensor = _check_flag("per_tensor", hyperparameters["per_tensor"])
+        self.kappa_follows_lr = _check_flag(
+            "kappa_follows_lr", hyperparameters["kappa_follows_lr"]
+        )
+        self.step_count = check_int_at_least("step_count", state_dict["step_count"], 0)
+        self._refreshed_at = state_dict["refreshed_at"]
+        self._initial_lrs = [float(lr) for lr in state_dict["initial_lrs"]]
+        self._estimate = (
+            None
+            if state_dict["estimate"] is None
+            else [e.clone() for e in self._as_parameter_tensors("estimate", state_dict["estimate"])]
+        )
+        if state_dict["mask"] is None:
+            self._mask, self._groups = None, []
+        else:
+            self._set_mask(self._as_parameter_tensors("mask", state_dict["mask"]))
+        self._pending, self._pending_scaler, self._amplify = False, None, False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's Optimizer pickles only defaults/state/param_groups, which would drop the inner
+        # optimizer and the mask; an instance-level ``step`` is a scheduler's patch.
+        state = self.__dict__.copy()
+        state.pop("step", None)
+        return state
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in _HYPERPARAMETERS)
+        return f"IRE({settings},\n    optimizer={self.optimizer!r})"
