@@ -158,6 +158,7 @@ def test_kappa_follows_lr(make_quadratic, quadratic_problem, reference):
         w_new = reference.sgd(w, matrix @ w, state, lr=0.05 * 0.5**t)
         w = w_new + KAPPA * 0.5**t * FLAT * (w_new - w)
     np.testing.assert_allclose(model.flat().detach().numpy(), w, rtol=0, atol=1e-10)
+    assert ire.current_kappa(0) == KAPPA * 0.5**4
 
 
 def test_zero_kappa_is_the_base_optimizer(make_quadratic):

@@ -311,7 +311,11 @@ class IRE(Optimizer):
 
     # -- stepping -------------------------------------------------------------------------------
 
-    def _kappa_now(self, group_index: int) -> float:
+    def current_kappa(self, group_index: int = 0) -> float:
+        r"""The amplification :math:`\kappa_t` the next step applies to parameter group ``group_index``.
+
+        Equal to ``kappa``, or with ``kappa_follows_lr`` to :math:`\kappa\, \eta_t / \eta_0` of that group.
+        """
         if not self.kappa_follows_lr:
             return self.kappa
         lr = float(self.param_groups[group_index]["lr"])
@@ -339,7 +343,7 @@ class IRE(Optimizer):
             for index, amplification in enumerate(self._groups):
                 if not amplification.params:
                     continue
-                kappa = self._kappa_now(index)
+                kappa = self.current_kappa(index)
                 if kappa != amplification.kappa:
                     torch._foreach_copy_(amplification.weights, amplification.masks)
                     torch._foreach_mul_(amplification.weights, -kappa)
