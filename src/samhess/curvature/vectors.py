@@ -19,8 +19,11 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Concatenate ``tensors`` into one flat vector (a copy, detached from autograd)."""
-    return torch.nn.utils.parameters_to_vector([t.detach() for t in tensors])
+    """Concatenate ``tensors`` into one flat vector (a copy, detached from autograd).
+
+    Tensors may be non-contiguous (gradients of convolutions often are).
+    """
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
 
 
 def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
