@@ -1,0 +1,65 @@
+"""The seed note's claims about SAM and IRE, turned into measurements.
+
+* :func:`taylor_check`, :func:`trace_identity_check`: how far SAM's expansions
+  :math:`\\nabla L(w + e) \\approx g + He` and :math:`L(w + e) \\approx L + e^\\top g +
+  \\tfrac12 e^\\top H e` hold, and the Monte-Carlo identity
+  :math:`\\mathbb{E}\\, e^\\top H e = \\sigma^2 \\operatorname{Tr} H`;
+* :func:`directional_gains`, :func:`sharp_flat_gains`: one real optimizer step (SGD, SAM, USAM,
+  IRE over anything) along Hessian eigenvectors against a gradient step, with the theory's
+  prediction; the step is undone bit for bit;
+* :func:`ire_mask_quality`: whether IRE's coordinate mask separates sharp from flat eigenspaces;
+* :func:`minibatch_decomposition`: SAM's extra term on a mini-batch split into full-data,
+  Hessian-noise and gradient-noise parts;
+* :func:`validity_map`: where the first-order picture holds, against
+  :math:`\\rho\\lambda/\\lVert g\\rVert` and batch size;
+* :func:`plot_gains`, :func:`plot_taylor`, :func:`plot_validity`: PNG figures.
+
+Every result is a dataclass with ``to_dict()`` (strict JSON). The derivation, corrected, and
+which function measures which line of it: ``docs/theory.md``.
+"""
+
+from samhess.analysis.gains import directional_gains, sharp_flat_gains, subspace_gain
+from samhess.analysis.mask_quality import flat_mask_vector, ire_mask_quality
+from samhess.analysis.minibatch import minibatch_decomposition
+from samhess.analysis.plots import plot_gains, plot_taylor, plot_validity
+from samhess.analysis.results import (
+    DirectionalGains,
+    MaskQuality,
+    MinibatchDecomposition,
+    SharpFlatGains,
+    TaylorCheck,
+    TraceIdentityCheck,
+    ValidityMap,
+    ValidityPoint,
+    ValiditySummary,
+)
+from samhess.analysis.step_model import StepMeasurement, measure_steps
+from samhess.analysis.taylor import taylor_check, trace_identity_check
+from samhess.analysis.validity import format_validity_table, validity_map
+
+__all__ = [
+    "taylor_check",
+    "trace_identity_check",
+    "directional_gains",
+    "sharp_flat_gains",
+    "subspace_gain",
+    "measure_steps",
+    "StepMeasurement",
+    "ire_mask_quality",
+    "flat_mask_vector",
+    "minibatch_decomposition",
+    "validity_map",
+    "format_validity_table",
+    "plot_gains",
+    "plot_taylor",
+    "plot_validity",
+    "TaylorCheck",
+    "TraceIdentityCheck",
+    "DirectionalGains",
+    "SharpFlatGains",
+    "MaskQuality",
+    "MinibatchDecomposition",
+    "ValidityMap",
+    "ValidityPoint",
+    "ValiditySummary",
+]

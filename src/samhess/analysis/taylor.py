@@ -1,0 +1,263 @@
+r"""How far SAM's Taylor expansions hold: the gradient and the loss at :math:`w + e`.
+
+SAM (Foret et al., ICLR 2021) steps with the gradient taken at :math:`w + e`,
+:math:`e = \rho\, g/\lVert g\rVert` (USAM: :math:`e = \rho g`), holding :math:`e` fixed. Around
+:math:`w`, with :math:`g = \nabla L(w)` and :math:`H = \nabla^2 L(w)`,
+
+.. math::
+
+    \nabla L(w + e) = g + H e + O(\lVert e\rVert^2), \qquad
+    L(w + e) = L(w) + e^\top g + \tfrac12 e^\top H e + O(\lVert e\rVert^3).
+
+The first line is the seed note's :math:`(I + \rho H/\lVert g\rVert)\, g`; the second is the
+*second*-order expansion (the seed calls it third order), whose quadratic term for SAM's
+:math:`e` is :math:`\tfrac12\rho^2 g^\top H g/\lVert g\rVert^2`. It equals
+:math:`\tfrac12\sigma^2 \operatorname{Tr} H` only in expectation over a random :math:`e` with
+:math:`\mathbb{E}\, e e^\top = \sigma^2 I` (Hutchinson, 1989), which
+:func:`trace_identity_check` verifies by Monte Carlo.
+
+:func:`taylor_check` measures both remainders relative to the correction they leave out, so that
+each must fall like :math:`\rho`:
+
+.. math::
+
+    \text{grad\_rel\_error} = \frac{\lVert \nabla L(w+e) - (g + He)\rVert}
+                                   {\lVert \nabla L(w+e) - g\rVert}, \qquad
+    \text{loss\_rel\_error} = \frac{|L(w+e) - (L + e^\top g + \tfrac12 e^\top H e)|}
+                                   {|L(w+e) - L - e^\top g|}.
+
+The Hessian-vector products come from :class:`samhess.curvature.HessianOperator`; work in
+float64, since the numerators are differences of nearly equal numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from samhess._validation import check_choice, check_int_at_least, check_positive
+from samhess.analysis._steps import (
+    check_batch,
+    evaluation_mode,
+    loss_and_gradient,
+    perturbed,
+    preserved_training_state,
+    resolve_parameters,
+)
+from samhess.analysis.results import TaylorCheck, TraceIdentityCheck
+from samhess.curvature import HessianOperator, trace
+
+__all__ = ["taylor_check", "trace_identity_check", "log_log_slope"]
+
+MODES = ("sam", "usam")
+
+
+def log_log_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of :math:`\\log y` against :math:`\\log x` over the positive pairs.
+
+    Returns NaN when fewer than two pairs have finite, positive ``x`` and ``y``.
+    """
+    pairs = [
+        (x, y)
+        for x, y in zip(xs, ys)
+        if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0
+    ]
+    if len({x for x, _ in pairs}) < 2:
+        return math.nan
+    log_x, log_y = np.log(np.array(pairs)).T
+    return float(np.polyfit(log_x, log_y, 1)[0])
+
+
+def _check_rhos(rhos: object) -> list[float]:
+    if isinstance(rhos, (int, float)) or not hasattr(rhos, "__iter__"):
+        raise TypeError(f"rhos must be a sequence of radii, got {rhos!r}")
+    values = [check_positive(f"rhos[{i}]", r) for i, r in enumerate(rhos)]
+    if not values:
+        raise ValueError("rhos must hold at least one radius, got none")
+    return values
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator != 0 else math.nan
+
+
+def taylor_check(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    rhos: Sequence[float],
+    mode: str = "sam",
+    *,
+    params: Sequence[torch.Tensor] | None = None,
+    eval_mode: bool = True,
+) -> TaylorCheck:
+    r"""SAM's gradient and loss at :math:`w + e` against their Taylor predictions, per radius.
+
+    For each :math:`\rho`: :math:`e = \rho\, g/\lVert g\rVert` (``mode="sam"``) or
+    :math:`e = \rho g` (``"usam"``); the gradient and loss at :math:`w + e` are evaluated on
+    ``batch`` and compared with :math:`g + He` and :math:`L + e^\top g + \tfrac12 e^\top H e`
+    (definitions in the module docstring). One Hessian-vector product serves every radius,
+    since :math:`e \propto g`. The model's weights are bit-identical afterwards.
+
+    ``order`` is the slope of :math:`\log` ``grad_rel_error`` against :math:`\log\rho`: 1 where
+    the expansion holds (a smooth loss), 0 where the remainder is as large as the correction.
+    On an exactly quadratic loss every error is 0 up to rounding and the slope means nothing.
+
+    Args:
+        model: the network, at the weights :math:`w` to expand around.
+        loss_fn: ``loss_fn(model(inputs), targets)`` -> mean loss over the batch.
+        batch: ``(inputs, targets)``.
+        rhos: positive radii, e.g. ``numpy.logspace(-3, -1, 5)``.
+        mode: ``"sam"`` or ``"usam"``.
+        params: the parameters to perturb (default: the model's trainable parameters).
+        eval_mode: evaluate in eval mode (as :class:`~samhess.curvature.HessianOperator` does
+            by default), so dropout and BatchNorm describe one fixed function.
+
+    Returns:
+        A :class:`~samhess.analysis.results.TaylorCheck`.
+
+    Raises:
+        ValueError: for a bad ``mode`` or radius, or a zero gradient with ``mode="sam"``.
+
+    Example:
+        >>> check = taylor_check(model, torch.nn.CrossEntropyLoss(), (x, y), [1e-3, 1e-2, 1e-1])
+        >>> check.order  # about 1
+    """
+    batch = check_batch(batch)
+    mode = check_choice("mode", mode, MODES)
+    radii = _check_rhos(rhos)
+    params = resolve_parameters(model, params)
+    # In train mode the forward passes would move BatchNorm statistics: put everything back.
+    with preserved_training_state(model, []), evaluation_mode(model, eval_mode):
+        loss, g = loss_and_gradient(model, loss_fn, batch, params)
+        grad_norm = float(g.norm())
+        if mode == "sam" and grad_norm == 0.0:
+            raise ValueError("the gradient is zero at w, so SAM's g/||g|| is undefined")
+        hessian = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+        hessian_g = hessian @ g
+        g_h_g = float(g @ hessian_g)
+
+        columns: dict[str, list[float]] = {key: [] for key in (
+            "grad_rel_error", "loss_rel_error", "perturbation_norms", "grad_correction_norms",
+            "predicted_correction_norms", "grad_abs_error", "loss_at_perturbation",
+            "quadratic_terms")}
+        for rho in radii:
+            scale = rho / grad_norm if mode == "sam" else rho
+            e = scale * g
+            hessian_e = scale * hessian_g
+            with perturbed(params, e):
+                loss_e, g_e = loss_and_gradient(model, loss_fn, batch, params)
+            correction = g_e - g
+            grad_error = float((correction - hessian_e).norm())
+            correction_norm = float(correction.norm())
+            linear = float(e @ g)
+            quadratic = 0.5 * scale * scale * g_h_g
+            columns["grad_rel_error"].append(_ratio(grad_error, correction_norm))
+            columns["loss_rel_error"].append(
+                _ratio(abs(loss_e - (loss + linear + quadratic)), abs(loss_e - loss - linear))
+            )
+            columns["perturbation_norms"].append(float(e.norm()))
+            columns["grad_correction_norms"].append(correction_norm)
+            columns["predicted_correction_norms"].append(float(hessian_e.norm()))
+            columns["grad_abs_error"].append(grad_error)
+            columns["loss_at_perturbation"].append(loss_e)
+            columns["quadratic_terms"].append(quadratic)
+
+    return TaylorCheck(
+        mode=mode,
+        rhos=radii,
+        order=log_log_slope(radii, columns["grad_rel_error"]),
+        loss_order=log_log_slope(radii, columns["loss_rel_error"]),
+        grad_norm=grad_norm,
+        loss=loss,
+        rayleigh_quotient=_ratio(g_h_g, grad_norm**2),
+        **columns,
+    )
+
+
+def trace_identity_check(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    *,
+    sigma: float = 1.0,
+    num_samples: int = 200,
+    trace_matvecs: int = 100,
+    trace_method: str = "hutch++",
+    seed: int = 0,
+    block_size: int = 32,
+    params: Sequence[torch.Tensor] | None = None,
+    eval_mode: bool = True,
+) -> TraceIdentityCheck:
+    r"""Monte-Carlo check of :math:`\mathbb{E}\, e^\top H e = \sigma^2 \operatorname{Tr} H`.
+
+    Draws ``num_samples`` vectors :math:`e \sim \mathcal{N}(0, \sigma^2 I)`, averages
+    :math:`e^\top H e` and compares the mean with :math:`\sigma^2` times the curvature engine's
+    trace estimate (:func:`samhess.curvature.trace`, seeded independently), through the z-score
+    :math:`(\bar q - \sigma^2 T) / \sqrt{s_{\bar q}^2 + \sigma^4 s_T^2}`. The identity is the
+    basis of Hutchinson's estimator (Hutchinson, 1989); it holds for a *random* isotropic
+    :math:`e` only. For SAM's :math:`e = \rho g/\lVert g\rVert` the quadratic form is
+    :math:`\rho^2` times the Rayleigh quotient :math:`g^\top H g/\lVert g\rVert^2`, reported
+    beside :math:`\operatorname{Tr} H/d` (what an isotropic :math:`e` with
+    :math:`\mathbb{E}\lVert e\rVert^2 = \rho^2` gives per :math:`\rho^2`).
+
+    Args:
+        model, loss_fn, batch: as for :func:`taylor_check`.
+        sigma: standard deviation of each coordinate of :math:`e` (> 0).
+        num_samples: Gaussian draws (>= 2); each costs one Hessian-vector product.
+        trace_matvecs: Hessian-vector products of the engine's trace estimate.
+        trace_method: ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
+        seed: seeds the Gaussian draws (the trace estimate uses ``seed + 1``).
+        block_size: draws multiplied by :math:`H` at once.
+        params: the parameters (default: the model's trainable parameters).
+        eval_mode: as for :func:`taylor_check`.
+
+    Returns:
+        A :class:`~samhess.analysis.results.TraceIdentityCheck`.
+    """
+    batch = check_batch(batch)
+    sigma = check_positive("sigma", sigma)
+    num_samples = check_int_at_least("num_samples", num_samples, 2)
+    trace_matvecs = check_int_at_least("trace_matvecs", trace_matvecs, 1)
+    block_size = check_int_at_least("block_size", block_size, 1)
+    params = resolve_parameters(model, params)
+    with preserved_training_state(model, []), evaluation_mode(model, eval_mode):
+        _, g = loss_and_gradient(model, loss_fn, batch, params)
+        hessian = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+        generator = torch.Generator(device=g.device).manual_seed(seed)
+        forms = []
+        for start in range(0, num_samples, block_size):
+            count = min(block_size, num_samples - start)
+            draws = sigma * torch.randn(
+                g.numel(), count, generator=generator, dtype=g.dtype, device=g.device
+            )
+            forms.append((draws * (hessian @ draws)).sum(dim=0))
+        samples = torch.cat(forms).double()
+        estimate = trace(hessian, trace_matvecs, method=trace_method, seed=seed + 1)
+        grad_norm_sq = float(g @ g)
+        rayleigh = float(g @ (hessian @ g)) / grad_norm_sq if grad_norm_sq > 0 else math.nan
+
+    mean = float(samples.mean())
+    stderr = float(samples.std(unbiased=True)) / math.sqrt(num_samples)
+    trace_value = float(estimate.estimate)
+    trace_stderr = float(getattr(estimate, "stderr", 0.0) or 0.0)
+    predicted = sigma**2 * trace_value
+    spread = math.sqrt(stderr**2 + sigma**4 * trace_stderr**2)
+    return TraceIdentityCheck(
+        sigma=sigma,
+        num_samples=num_samples,
+        monte_carlo_mean=mean,
+        monte_carlo_stderr=stderr,
+        trace_estimate=trace_value,
+        trace_stderr=trace_stderr,
+        trace_method=trace_method,
+        predicted_mean=predicted,
+        z_score=(mean - predicted) / spread if spread > 0 else math.nan,
+        dim=int(g.numel()),
+        rayleigh_quotient=rayleigh,
+        mean_eigenvalue=trace_value / g.numel(),
+    )
