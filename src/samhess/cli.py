@@ -1,0 +1,260 @@
+"""The ``samhess`` command: ``run``, ``compare``, ``analyze`` and ``report``.
+
+The command line only parses, calls :mod:`samhess.experiments` and prints. A mistake a user can
+make (an unknown name, a bad value, missing data files, a corrupt checkpoint, an output
+directory holding another run) is one line on stderr and exit status 2, never a traceback; set
+``SAMHESS_DEBUG=1`` to see the traceback anyway. See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A mistake on the command line, reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (argparse prints the whole usage first), and without
+    prefix matching, so ``compare --seed 3`` is an error rather than ``--seeds 3``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}"
+    return text or type(exc).__name__
+
+
+# (group, flag, type, metavar, help) of the settings `run` and `compare` share; each flag is a
+# config key (``--batch-size`` is ``batch_size``), and an unset flag stays out of the namespace.
+_RUN_ONLY = (
+    ("task", "--optimizer", str, "NAME", "sgd, sam, usam, asam, ire, sam-ire, adamw or admire"),
+    ("task", "--seed", int, "S", "random seed (default 0)"),
+)
+_TASK_FLAGS = (
+    ("task", "--dataset", str, "NAME", "data set (default digits)"),
+    ("task", "--model", str, "NAME", "model (default: the data set's default model)"),
+    ("task", "--data-dir", str, "DIR", "directory holding data sets read from files"),
+    ("task", "--steps", int, "N", "optimizer steps (default 1000)"),
+    ("task", "--batch-size", int, "B", "mini-batch size (default 64)"),
+    ("task", "--dtype", str, "DTYPE", "float32 (default) or float64"),
+    ("task", "--device", str, "DEVICE", "cpu (default), cuda or auto"),
+    ("optimizer hyperparameters", "--lr", float, "LR",
+     "learning rate (default 0.1; 1e-3 for adamw and admire)"),
+    ("optimizer hyperparameters", "--momentum", float, "M", "SGD momentum (default 0)"),
+    ("optimizer hyperparameters", "--weight-decay", float, "WD", "weight decay (default 0)"),
+    ("optimizer hyperparameters", "--rho", float, "RHO", "SAM radius (default 0.05; 0.5 for asam)"),
+    ("optimizer hyperparameters", "--kappa", float, "K", "IRE amplification (default 1.0)"),
+    ("optimizer hyperparameters", "--gamma", float, "G",
+     "IRE share of coordinates called flat, in (0, 1) (default 0.8)"),
+    ("optimizer hyperparameters", "--refresh-every", int, "N",
+     "steps between IRE mask refreshes (default 10)"),
+    ("optimizer hyperparameters", "--start-step", int, "N",
+     "step from which IRE amplifies (default 0)"),
+    ("tracking", "--track-every", int, "K", "steps between tracked records (default 50)"),
+    ("tracking", "--checkpoint-every", int, "K",
+     "steps between checkpoints (default: every record)"),
+    ("tracking", "--top-k", int, "K",
+     "Hessian eigenvalues per record, lambda_max first (default 3)"),
+    ("tracking", "--trace-matvecs", int, "M",
+     "Hessian-vector products for the Hutch++ trace (default 30)"),
+    ("tracking", "--tracking-batch-size", int, "B",
+     "examples in the fixed curvature batch (default 256)"),
+    ("tracking", "--eval-examples", int, "N",
+     "train/test examples for loss and accuracy (default: all)"),
+    ("tracking", "--density-probes", int, "P",
+     "random probes of the final spectral density (default 2)"),
+    ("tracking", "--density-lanczos-steps", int, "S",
+     "Lanczos steps per spectral-density probe (default 30)"),
+)
+
+
+def _add_task_flags(parser: argparse.ArgumentParser, *, single_run: bool) -> None:
+    """Flags shared by ``run`` and ``compare`` (``--optimizer`` and ``--seed``: ``run`` only)."""
+    groups: dict[str, Any] = {}
+    for group, flag, kind, metavar, text in (_RUN_ONLY if single_run else ()) + _TASK_FLAGS:
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        groups[group].add_argument(flag, type=kind, metavar=metavar, help=text,
+                                   default=argparse.SUPPRESS)
+    out = parser.add_argument_group("output")
+    out.add_argument("--config", metavar="FILE", help="TOML or YAML file of settings; flags win")
+    out.add_argument("--out", metavar="DIR", help="output directory")
+    out.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint")
+    out.add_argument("--force", action="store_true",
+                     help="replace the run files already in --out")
+    out.add_argument("--tensorboard", action="store_const", const=True,
+                     default=argparse.SUPPRESS, help="also write TensorBoard event files")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_threads_flag(out)
+
+
+def _add_threads_flag(group) -> None:
+    group.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="torch intra-op threads (default 1: the default models are small)")
+
+
+_NOT_SETTINGS = {"command", "handler", "config", "out", "resume", "force", "quiet", "optimizers",
+                 "seeds", "run_dir", "directory", "threads"}
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags the user actually gave, as config keys."""
+    return {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``samhess`` argument parser."""
+    parser = _Parser(prog="samhess", description=(
+        "Train with SGD, SAM and IRE while tracking Hessian curvature, and test the claim that "
+        "SAM accelerates sharp directions while IRE accelerates flat ones."))
+    from samhess import __version__
+
+    parser.add_argument("--version", action="version", version=f"samhess {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser("run", help="train one model with one optimizer, tracking curvature",
+                              description="Train one model with one optimizer and record, every "
+                              "--track-every steps, losses, accuracies, top Hessian eigenvalues, "
+                              "Tr(H), the gradient norm and the sharp/flat gains of the step.")
+    _add_task_flags(run, single_run=True)
+    run.set_defaults(handler=_cmd_run)
+
+    compare = commands.add_parser(
+        "compare", help="run several optimizers and seeds on one task; write a report",
+        description="Run the same task for each optimizer and seed into DIR/<optimizer>/seed-<s>/ "
+        "and write DIR/summary.json, DIR/report.md and DIR/report.html. With no arguments: the "
+        "main job (digits, MLP; SGD, SAM, IRE, SAM-IRE; 3 seeds), about a minute on a laptop CPU.")
+    compare.add_argument("--optimizers", default=argparse.SUPPRESS, metavar="LIST",
+                         help="comma-separated optimizer names (default sgd,sam,ire,sam-ire)")
+    compare.add_argument("--seeds", type=int, default=argparse.SUPPRESS, metavar="N",
+                         help="seeds 0..N-1 per optimizer (default 3)")
+    _add_task_flags(compare, single_run=False)
+    compare.set_defaults(handler=_cmd_compare)
+
+    analyze = commands.add_parser(
+        "analyze", help="run the seed analysis on a saved run's final model",
+        description="Taylor check, directional gains along Hessian eigenvectors (with the "
+        "predictions), IRE mask quality and the spectral density of RUN_DIR's final model; writes "
+        "RUN_DIR/analysis/analysis.json and PNGs.")
+    analyze.add_argument("run_dir", metavar="RUN_DIR")
+    analyze.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_threads_flag(analyze)
+    analyze.set_defaults(handler=_cmd_analyze)
+
+    report = commands.add_parser(
+        "report", help="rebuild a run's or a comparison's report from its files",
+        description="Rebuild summary.json, report.md and report.html (and the PNGs) in DIR from "
+        "the run files; the same files give byte-identical output.")
+    report.add_argument("directory", metavar="DIR")
+    report.set_defaults(handler=_cmd_report)
+    return parser
+
+
+def _file_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from samhess.experiments.config import read_config_file
+
+    return read_config_file(args.config) if args.config else {}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from samhess.experiments.config import build_run_config
+
+    file_settings, flags = _file_settings(args), _settings(args)
+    if "optimizer" not in flags and "optimizer" not in file_settings:
+        raise UsageError("samhess run: error: the following argument is required: --optimizer "
+                         "(or optimizer in --config)")
+    config = build_run_config(file_settings, flags)
+    # torch loads only now, so a mistyped flag is reported at once.
+    from samhess.experiments.train import default_run_dir, run_experiment, torch_threads
+
+    out = Path(args.out) if args.out else default_run_dir(config)
+    with torch_threads(args.threads):
+        result = run_experiment(config, out, resume=args.resume, force=args.force,
+                                quiet=args.quiet)
+    print(result.screen_summary())
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from samhess.experiments.config import build_compare_config
+
+    flags = _settings(args)
+    for key in ("optimizers", "seeds"):
+        if key in vars(args):
+            flags[key] = getattr(args, key)
+    config = build_compare_config(_file_settings(args), flags)
+    from samhess.experiments.compare import DEFAULT_COMPARE_DIR, run_compare
+    from samhess.experiments.train import torch_threads
+
+    out = Path(args.out) if args.out else Path(DEFAULT_COMPARE_DIR)
+    with torch_threads(args.threads):
+        result = run_compare(config, out, resume=args.resume, force=args.force,
+                             quiet=args.quiet)
+    print(result.screen_summary())
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from samhess.experiments.analyze import analyze_run
+    from samhess.experiments.train import torch_threads
+
+    with torch_threads(args.threads):
+        result = analyze_run(Path(args.run_dir), quiet=args.quiet)
+    print(result.screen_summary())
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from samhess.experiments.report import build_report
+
+    result = build_report(Path(args.directory))
+    print(result.screen_summary())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``samhess`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        threads = getattr(args, "threads", None)
+        if threads is not None and threads < 1:
+            raise UsageError(f"samhess: error: --threads {threads!r} is invalid: must be >= 1")
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("samhess: interrupted (continue with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UsageError, ValueError, TypeError, OSError) as exc:
+        if os.environ.get("SAMHESS_DEBUG"):
+            raise
+        message = _one_line(exc)
+        if not message.startswith("samhess"):
+            message = f"samhess: error: {message}"
+        print(message, file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

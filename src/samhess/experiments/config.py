@@ -1,0 +1,480 @@
+"""Run configuration: defaults, config files (TOML or YAML), validation and resolution.
+
+A run is described by one :class:`RunConfig`. Its values come from three places, later ones
+winning: the defaults below, a config file (``--config FILE``), and command-line flags. The
+resolved configuration (every default filled in, the model and the per-optimizer learning rate
+and radius chosen) is what a run writes to ``config.json`` and what ``--resume`` compares
+against.
+
+A config file is a flat table whose keys are the long flag names with ``_`` for ``-``::
+
+    # run.toml
+    optimizer = "sam"
+    dataset = "digits"
+    steps = 400
+    rho = 0.05
+
+``samhess compare`` also reads ``optimizers`` (a list, or a comma-separated string) and ``seeds``
+(the number of seeds, 0 .. seeds-1) from the same file.
+
+Every problem is a ``ValueError`` (or ``TypeError``) whose one-line message names the key and
+the value, so the command line can print it as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from samhess._validation import check_choice
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+OPTIMIZER_NAMES: tuple[str, ...] = (
+    "sgd", "sam", "usam", "asam", "ire", "sam-ire", "adamw", "admire",
+)
+"""Optimizers a run can use: SGD, SAM and its unnormalized (USAM) and adaptive (ASAM) forms,
+IRE over SGD, IRE over SAM, AdamW, and IRE over AdamW (AdmIRE)."""
+
+DTYPE_NAMES: tuple[str, ...] = ("float32", "float64")
+DEVICE_NAMES: tuple[str, ...] = ("cpu", "cuda", "auto")
+
+#: Learning rate used when none is given: Adam-type optimizers want a much smaller one.
+DEFAULT_LR = {"adamw": 1e-3, "admire": 1e-3}
+DEFAULT_LR_OTHERS = 0.1
+#: Perturbation radius used when none is given. ASAM's radius is relative to |w|, so larger
+#: (Kwon et al., ICML 2021, use 0.5 to 2.0).
+DEFAULT_RHO = {"asam": 0.5}
+DEFAULT_RHO_OTHERS = 0.05
+
+#: Keys that change where output goes or how it is shown, not what the run computes; ``--resume``
+#: does not require them to match the stored configuration.
+PRESENTATION_KEYS = frozenset({"data_dir", "tensorboard"})
+
+#: Keys that only ``samhess compare`` reads.
+COMPARE_KEYS = frozenset({"optimizers", "seeds"})
+DEFAULT_COMPARE_OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "ire", "sam-ire")
+DEFAULT_COMPARE_SEEDS = 3
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one training run.
+
+    Attributes:
+        optimizer: one of :data:`OPTIMIZER_NAMES`.
+        dataset: a name from ``samhess.experiments.data.DATASET_NAMES``.
+        model: a name from ``samhess.experiments.models.MODEL_NAMES``; ``None`` picks the
+            dataset's default model.
+        steps: optimizer steps to take.
+        seed: seeds the model's initialization, the batch order and every estimator.
+        batch_size: training mini-batch size.
+        lr: learning rate; ``None`` picks 0.1, or 1e-3 for AdamW and AdmIRE.
+        momentum: SGD momentum (SGD-based optimizers only).
+        weight_decay: L2 weight decay (SGD) or decoupled weight decay (AdamW).
+        rho: SAM's perturbation radius; ``None`` picks 0.05, or 0.5 for ASAM.
+        kappa: IRE's amplification of the step on flat coordinates.
+        gamma: IRE's share of coordinates called flat.
+        refresh_every: steps between IRE mask refreshes.
+        start_step: the step from which IRE amplifies (before it, IRE is its base optimizer).
+        track_every: steps between tracked records (a record is also taken at steps 0 and
+            ``steps``).
+        checkpoint_every: steps between checkpoints; ``None`` checkpoints at every record.
+        top_k: Hessian eigenvalues recorded per record (lambda_max first); also the number of
+            sharp directions in the sharp/flat gain.
+        trace_matvecs: Hessian-vector products spent on the Hutch++ trace estimate.
+        tracking_batch_size: examples in the fixed batch the curvature is measured on.
+        eval_examples: train/test examples the losses and accuracies are measured on
+            (``None``: all of them).
+        data_dir: directory holding data sets read from files.
+        dtype: parameter and input precision.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA where available).
+        taylor_rhos: radii of the final Taylor check.
+        density_probes: random probes of the final spectral density (stochastic Lanczos
+            quadrature).
+        density_lanczos_steps: Lanczos steps per probe of the spectral density.
+        tensorboard: also write TensorBoard event files.
+    """
+
+    optimizer: str = "sgd"
+    dataset: str = "digits"
+    model: str | None = None
+    steps: int = 1000
+    seed: int = 0
+    batch_size: int = 64
+    lr: float | None = None
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    rho: float | None = None
+    kappa: float = 1.0
+    gamma: float = 0.8
+    refresh_every: int = 10
+    start_step: int = 0
+    track_every: int = 50
+    checkpoint_every: int | None = None
+    top_k: int = 3
+    trace_matvecs: int = 30
+    tracking_batch_size: int = 256
+    eval_examples: int | None = None
+    data_dir: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    taylor_rhos: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    density_probes: int = 2
+    density_lanczos_steps: int = 30
+    tensorboard: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON data (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["taylor_rhos"] = list(self.taylor_rhos)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Validate ``values`` (as read back from ``config.json``) into a config."""
+        return resolve(validate_values(values, source="config.json"))
+
+    def identity(self) -> dict[str, Any]:
+        """The values that make two runs the same run (presentation keys left out)."""
+        return {k: v for k, v in self.to_dict().items() if k not in PRESENTATION_KEYS}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A comparison: the same task for several optimizers and seeds."""
+
+    optimizers: tuple[str, ...] = DEFAULT_COMPARE_OPTIMIZERS
+    seeds: int = DEFAULT_COMPARE_SEEDS
+    task: RunConfig = field(default_factory=RunConfig)
+
+    def run_config(self, optimizer: str, seed: int) -> RunConfig:
+        """The resolved configuration of one member run."""
+        values = {**self.task.to_dict(), "optimizer": optimizer, "seed": seed}
+        return resolve(validate_values(values, source="compare"))
+
+    def to_dict(self) -> dict[str, Any]:
+        task = self.task.to_dict()
+        # A compare's task leaves optimizer-dependent values open; each run resolves its own.
+        for key in ("optimizer", "seed"):
+            task.pop(key)
+        return {"optimizers": list(self.optimizers), "seeds": self.seeds, "task": task}
+
+    def identity(self) -> dict[str, Any]:
+        out = self.to_dict()
+        out["task"] = {k: v for k, v in out["task"].items() if k not in PRESENTATION_KEYS}
+        return out
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+# The type each key accepts, as (python types, description for messages).
+_INT = ((int,), "an integer")
+_REAL = ((int, float), "a number")
+_STR = ((str,), "a string")
+_BOOL = ((bool,), "true or false")
+_KEY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "optimizer": _STR,
+    "dataset": _STR,
+    "model": _STR,
+    "steps": _INT,
+    "seed": _INT,
+    "batch_size": _INT,
+    "lr": _REAL,
+    "momentum": _REAL,
+    "weight_decay": _REAL,
+    "rho": _REAL,
+    "kappa": _REAL,
+    "gamma": _REAL,
+    "refresh_every": _INT,
+    "start_step": _INT,
+    "track_every": _INT,
+    "checkpoint_every": _INT,
+    "top_k": _INT,
+    "trace_matvecs": _INT,
+    "tracking_batch_size": _INT,
+    "eval_examples": _INT,
+    "data_dir": _STR,
+    "dtype": _STR,
+    "device": _STR,
+    "taylor_rhos": ((list, tuple), "a list of numbers"),
+    "density_probes": _INT,
+    "density_lanczos_steps": _INT,
+    "tensorboard": _BOOL,
+}
+_NULLABLE = {"model", "lr", "rho", "checkpoint_every", "eval_examples", "data_dir"}
+assert set(_KEY_TYPES) == set(_FIELDS), "every RunConfig field needs a declared type"
+
+
+def _label(key: str, value: object, source: str) -> str:
+    """How a setting is named in messages: as the flag a user typed, or as the file's key."""
+    if source == "flags":
+        return f"--{key.replace('_', '-')} {value!r}"
+    return f"{source}: {key} = {value!r}"
+
+
+def _bad(key: str, value: object, requirement: str, source: str) -> ValueError:
+    return ValueError(f"{_label(key, value, source)} is invalid: {requirement}")
+
+
+def _check_type(key: str, value: object, source: str) -> object:
+    if value is None and key in _NULLABLE:
+        return None
+    types, description = _KEY_TYPES[key]
+    # bool is an int in Python; a flag written `steps = true` is a mistake, not 1.
+    if isinstance(value, bool) and bool not in types:
+        raise TypeError(f"{_label(key, value, source)} has the wrong type: expected {description}")
+    if not isinstance(value, types):
+        raise TypeError(f"{_label(key, value, source)} has the wrong type: expected {description}")
+    if types == _REAL[0]:
+        value = float(value)
+        if not math.isfinite(value):
+            raise _bad(key, value, "must be finite", source)
+    return value
+
+
+_AT_LEAST_ONE = {
+    "steps", "batch_size", "refresh_every", "track_every", "checkpoint_every", "top_k",
+    "trace_matvecs", "tracking_batch_size", "eval_examples", "density_probes",
+    "density_lanczos_steps",
+}
+_AT_LEAST_ZERO_INT = {"seed", "start_step"}
+_NONNEGATIVE = {"momentum", "weight_decay", "rho", "kappa"}
+
+
+def _check_value(key: str, value: object, source: str) -> object:
+    """Range and choice checks for one typed value."""
+    if value is None:
+        return None
+    if key in _AT_LEAST_ONE and value < 1:
+        raise _bad(key, value, "must be >= 1", source)
+    if key in _AT_LEAST_ZERO_INT and value < 0:
+        raise _bad(key, value, "must be >= 0", source)
+    if key in _NONNEGATIVE and value < 0:
+        raise _bad(key, value, "must be >= 0", source)
+    if key == "lr" and value <= 0:
+        raise _bad(key, value, "must be > 0", source)
+    if key == "momentum" and value >= 1:
+        raise _bad(key, value, "must be < 1", source)
+    if key == "gamma" and not 0.0 < value < 1.0:
+        raise _bad(key, value, "must lie in the open interval (0, 1)", source)
+    if key == "trace_matvecs" and value < 3:
+        # Hutch++ splits its budget in three parts (sketch, projection, residual).
+        raise _bad(key, value, "must be >= 3 (Hutch++ splits it in three)", source)
+    if key == "density_lanczos_steps" and value < 2:
+        raise _bad(key, value, "must be >= 2", source)
+    if key == "optimizer":
+        _check_named(key, value, OPTIMIZER_NAMES, source)
+    if key == "dtype":
+        _check_named(key, value, DTYPE_NAMES, source)
+    if key == "device":
+        _check_named(key, value, DEVICE_NAMES, source)
+    if key == "dataset":
+        from samhess.experiments.data import DATASET_NAMES
+
+        _check_named(key, value, tuple(DATASET_NAMES), source)
+    if key == "model":
+        from samhess.experiments.models import MODEL_NAMES
+
+        _check_named(key, value, tuple(MODEL_NAMES), source)
+    if key == "taylor_rhos":
+        if len(value) < 2:
+            raise _bad(key, list(value), "needs at least two radii to fit an order", source)
+        rhos = []
+        for rho in value:
+            if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho > 0:
+                raise _bad(key, list(value), "every radius must be a number > 0", source)
+            rhos.append(float(rho))
+        return tuple(rhos)
+    return value
+
+
+def _check_named(key: str, value: str, choices: tuple[str, ...], source: str) -> None:
+    try:
+        check_choice(key, value, choices)
+    except ValueError:
+        raise _bad(key, value, "must be one of " + ", ".join(choices), source) from None
+
+
+def normalize_key(key: object, source: str) -> str:
+    """``weight-decay`` and ``weight_decay`` name the same key."""
+    if not isinstance(key, str):
+        raise TypeError(f"{source}: key {key!r} is not a string")
+    return key.replace("-", "_")
+
+
+def validate_values(values: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Check every (key, value) of a run's settings; return them typed.
+
+    Raises:
+        ValueError: an unknown key or a value out of range, named in the message.
+        TypeError: a value of the wrong type, named in the message.
+    """
+    out: dict[str, Any] = {}
+    # Names that need the data and model registries (and so torch) are checked last, so a
+    # plain typo is reported at once.
+    ordered = sorted(values.items(), key=lambda item: str(item[0]) in ("dataset", "model"))
+    for raw_key, value in ordered:
+        key = normalize_key(raw_key, source)
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(key, list(_FIELDS) + sorted(COMPARE_KEYS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{source}: unknown key {raw_key!r}{hint}")
+        value = _check_type(key, value, source)
+        out[key] = _check_value(key, value, source)
+    return out
+
+
+def resolve(values: Mapping[str, Any]) -> RunConfig:
+    """Fill in defaults and optimizer-dependent choices; check the values against each other."""
+    config = RunConfig(**values)
+    changes: dict[str, Any] = {}
+    if config.model is None:
+        from samhess.experiments.models import default_model_for
+
+        changes["model"] = default_model_for(config.dataset)
+    if config.lr is None:
+        changes["lr"] = DEFAULT_LR.get(config.optimizer, DEFAULT_LR_OTHERS)
+    if config.rho is None:
+        changes["rho"] = DEFAULT_RHO.get(config.optimizer, DEFAULT_RHO_OTHERS)
+    if config.checkpoint_every is None:
+        changes["checkpoint_every"] = config.track_every
+    config = dataclasses.replace(config, **changes)
+    if config.momentum > 0 and config.optimizer in ("adamw", "admire"):
+        raise ValueError(
+            f"momentum = {config.momentum!r} is invalid for optimizer {config.optimizer!r}: "
+            "AdamW has no SGD momentum (leave it at 0)"
+        )
+    return config
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into a flat mapping.
+
+    Raises:
+        ValueError: the file is missing, unreadable, malformed, or not a flat table.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"config file {str(path)!r} must end in .toml, .yaml or .yml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {str(path)!r} cannot be read: {exc}") from None
+    if suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            reason = " ".join(str(exc).split())
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {reason}") from None
+        if data is None:
+            data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a table of key = value settings")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ValueError(
+                f"config file {str(path)!r}: {key!r} is a section; settings are flat key = value"
+            )
+    return data
+
+
+def _split_compare_keys(values: Mapping[str, Any], source: str) -> tuple[dict, dict]:
+    task, compare = {}, {}
+    for raw_key, value in values.items():
+        key = normalize_key(raw_key, source)
+        (compare if key in COMPARE_KEYS else task)[key] = value
+    return task, compare
+
+
+def build_run_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> RunConfig:
+    """The resolved configuration of ``samhess run``: defaults < config file < flags."""
+    task, compare = _split_compare_keys(file_values, "config file")
+    if compare:
+        key = sorted(compare)[0]
+        raise ValueError(f"config file: {key} applies to `samhess compare` only")
+    merged = {**validate_values(task, source="config file"),
+              **validate_values(flag_values, source="flags")}
+    return resolve(merged)
+
+
+def parse_optimizer_list(value: object, source: str) -> tuple[str, ...]:
+    """Optimizer names from a list or a comma-separated string, checked and without repeats."""
+    if isinstance(value, str):
+        names = [name.strip() for name in value.split(",")]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        names = [name.strip() for name in value]
+    else:
+        raise TypeError(
+            f"{source}: optimizers = {value!r} has the wrong type: expected a list of names"
+        )
+    if not names or any(not name for name in names):
+        raise _bad("optimizers", value, "needs comma-separated optimizer names", source)
+    for name in names:
+        if name not in OPTIMIZER_NAMES:
+            raise _bad("optimizers", name, "must be one of " + ", ".join(OPTIMIZER_NAMES), source)
+    if len(set(names)) != len(names):
+        raise _bad("optimizers", value, "names an optimizer twice", source)
+    return tuple(names)
+
+
+def build_compare_config(
+    file_values: Mapping[str, Any], flag_values: Mapping[str, Any]
+) -> CompareConfig:
+    """The configuration of ``samhess compare``: defaults < config file < flags."""
+    file_task, file_compare = _split_compare_keys(file_values, "config file")
+    flag_task, flag_compare = _split_compare_keys(flag_values, "flags")
+    for forbidden in ("optimizer", "seed"):
+        for source, task in (("config file", file_task), ("flags", flag_task)):
+            if forbidden in task:
+                raise ValueError(
+                    f"{source}: {forbidden} is set per member run by `samhess compare`; "
+                    f"use {forbidden}s instead"
+                )
+    compare = {**file_compare, **flag_compare}
+    optimizers = DEFAULT_COMPARE_OPTIMIZERS
+    if "optimizers" in compare:
+        source = "flags" if "optimizers" in flag_compare else "config file"
+        optimizers = parse_optimizer_list(compare["optimizers"], source)
+    seeds = DEFAULT_COMPARE_SEEDS
+    if "seeds" in compare:
+        source = "flags" if "seeds" in flag_compare else "config file"
+        seeds = compare["seeds"]
+        if isinstance(seeds, bool) or not isinstance(seeds, int):
+            raise TypeError(f"{source}: seeds = {seeds!r} has the wrong type: expected an integer")
+        if seeds < 1:
+            raise _bad("seeds", seeds, "must be >= 1", source)
+    merged = {**validate_values(file_task, source="config file"),
+              **validate_values(flag_task, source="flags")}
+    # Leave lr and rho open: each member run resolves them for its own optimizer.
+    base = RunConfig(**merged)
+    if base.model is None:
+        from samhess.experiments.models import default_model_for
+
+        base = dataclasses.replace(base, model=default_model_for(base.dataset))
+    if base.checkpoint_every is None:
+        base = dataclasses.replace(base, checkpoint_every=base.track_every)
+    compare_config = CompareConfig(optimizers=optimizers, seeds=seeds, task=base)
+    for name in optimizers:  # cross-checks (e.g. momentum with AdamW) fail before any run starts
+        compare_config.run_config(name, 0)
+    return compare_config

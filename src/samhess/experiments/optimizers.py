@@ -1,0 +1,162 @@
+"""The optimizers a run can use, built by name, and the one training step that drives each kind.
+
+=========  ==========================================================================
+name       optimizer
+=========  ==========================================================================
+sgd        ``torch.optim.SGD``
+sam        SAM over SGD, e = rho g / ||g|| (Foret et al., ICLR 2021)
+usam       unnormalized SAM over SGD, e = rho g (Andriushchenko & Flammarion, ICML 2022)
+asam       adaptive SAM over SGD, e = rho |w|^2 g / || |w| g || (Kwon et al., ICML 2021)
+ire        IRE over SGD (Wang et al., NeurIPS 2024)
+sam-ire    IRE over SAM (the paper's SAM-IRE)
+adamw      ``torch.optim.AdamW``
+admire     IRE over AdamW (the paper's AdmIRE)
+=========  ==========================================================================
+
+IRE needs a diagonal curvature estimate every ``refresh_every`` steps; :func:`training_step`
+computes it with :func:`samhess.curvature.fisher_diagonal` on the step's own batch (the
+sampled-label Fisher, drawing labels from a generator the run checkpoints) and hands it to
+``IRE.update_mask``. SAM's second forward pass runs under ``disable_running_stats`` so
+BatchNorm statistics are updated once per step, from the unperturbed weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from samhess.experiments.config import OPTIMIZER_NAMES
+
+_SAM_KINDS = {"sam": {}, "usam": {"normalize": False}, "asam": {"adaptive": True},
+              "sam-ire": {}}
+_IRE_KINDS = {"ire", "sam-ire", "admire"}
+_ADAM_KINDS = {"adamw", "admire"}
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What a name means: whether the step takes two passes (SAM) and whether IRE wraps it."""
+
+    name: str
+    two_pass: bool
+    ire: bool
+    adam: bool
+
+
+def optimizer_spec(name: str) -> OptimizerSpec:
+    """The kind of optimizer ``name`` is (see the table in this module's docstring)."""
+    if name not in OPTIMIZER_NAMES:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_NAMES)}, got {name!r}")
+    return OptimizerSpec(name=name, two_pass=name in _SAM_KINDS, ire=name in _IRE_KINDS,
+                         adam=name in _ADAM_KINDS)
+
+
+def build_optimizer(name: str, model: nn.Module,
+                    hparams: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` over ``model``'s trainable parameters.
+
+    Args:
+        name: one of :data:`samhess.experiments.config.OPTIMIZER_NAMES`.
+        model: the model whose trainable parameters are optimized.
+        hparams: ``lr``, ``momentum``, ``weight_decay``, ``rho``, ``kappa``, ``gamma``,
+            ``refresh_every``, ``start_step`` (a :class:`RunConfig`'s ``to_dict()`` will do;
+            keys a kind does not use are ignored).
+
+    Returns:
+        The optimizer. For IRE kinds, the ``samhess.optim.IRE`` wrapping the base optimizer.
+    """
+    from samhess.optim import IRE, SAM
+
+    spec = optimizer_spec(name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    lr = float(hparams["lr"])
+    weight_decay = float(hparams.get("weight_decay", 0.0))
+    if spec.adam:
+        base = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    elif spec.two_pass:
+        base = SAM(params, torch.optim.SGD, rho=float(hparams["rho"]), lr=lr,
+                   momentum=float(hparams.get("momentum", 0.0)), weight_decay=weight_decay,
+                   **_SAM_KINDS[name])
+    else:
+        base = torch.optim.SGD(params, lr=lr, momentum=float(hparams.get("momentum", 0.0)),
+                               weight_decay=weight_decay)
+    if not spec.ire:
+        return base
+    return IRE(base, kappa=float(hparams["kappa"]), gamma=float(hparams["gamma"]),
+               refresh_every=int(hparams.get("refresh_every", 10)),
+               start_step=int(hparams.get("start_step", 0)))
+
+
+def optimizer_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters an optimizer updates, in its param-group order (IRE's mask order)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def is_two_pass(optimizer: Any) -> bool:
+    """Whether a step takes SAM's two forward-backward passes (SAM itself, or IRE over SAM)."""
+    from samhess.optim import IRE, SAM
+
+    if isinstance(optimizer, IRE):
+        optimizer = optimizer.optimizer
+    return isinstance(optimizer, SAM)
+
+
+def refresh_ire_mask(optimizer: Any, model: nn.Module, loss_fn: Callable, batch: tuple,
+                     generator: torch.Generator | None) -> bool:
+    """Give an IRE optimizer a new Fisher-diagonal estimate when it asks for one.
+
+    Returns:
+        Whether the mask was refreshed.
+    """
+    from samhess.optim import IRE
+
+    if not isinstance(optimizer, IRE) or not optimizer.needs_refresh():
+        return False
+    from samhess.curvature import fisher_diagonal
+
+    diag = fisher_diagonal(model, loss_fn, batch, params=optimizer_parameters(optimizer),
+                           generator=generator)
+    optimizer.update_mask(diag)
+    return True
+
+
+def training_step(optimizer: Any, model: nn.Module, loss_fn: Callable, batch: tuple,
+                  *, generator: torch.Generator | None = None) -> float:
+    """One optimizer step on ``batch`` for any optimizer :func:`build_optimizer` makes.
+
+    SGD/AdamW: one forward-backward pass and ``step()``. SAM kinds: the gradient at w,
+    ``first_step`` to w + e, the gradient at w + e with BatchNorm statistics frozen,
+    ``second_step``. IRE kinds: the mask refresh first (when due), then the base kind's step.
+
+    Args:
+        optimizer: from :func:`build_optimizer`.
+        model: the model in train mode.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean loss.
+        batch: ``(inputs, targets)``.
+        generator: the source of the sampled labels of IRE's Fisher estimate.
+
+    Returns:
+        The loss at w (before the step), as a float.
+    """
+    from samhess.optim import disable_running_stats
+
+    inputs, targets = batch
+    refresh_ire_mask(optimizer, model, loss_fn, batch, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(inputs), targets)
+    loss.backward()
+    if is_two_pass(optimizer):
+        optimizer.first_step(zero_grad=True)
+        with disable_running_stats(model):
+            loss_fn(model(inputs), targets).backward()
+        optimizer.second_step(zero_grad=True)
+    else:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())

@@ -1,0 +1,657 @@
+"""Reports of a run or a comparison, rebuilt from the run files alone.
+
+:func:`build_report` reads ``config.json``, ``metrics.jsonl``, ``timing.json`` and
+``analysis/analysis.json`` of each run and writes, into the run's (or the comparison's)
+directory:
+
+* ``summary.json``: for a comparison, each optimizer's name mapped to its entry; for one run,
+  the entry itself. An entry holds ``final_train_loss``, ``test_accuracy``, ``lambda_max``,
+  ``hessian_trace``, ``sharp_flat_gain_ratio`` and ``seconds_per_step``, each as
+  ``{"mean": ..., "std": ...}`` over the seeds (sample standard deviation; 0.0 for one seed),
+  plus ``seeds`` and ``steps``. The values are those of the last record of each run, except
+  the gain ratio (median over the records after step 0) and the time (``timing.json``).
+* ``claims.json`` (comparisons): whether the seed note's claims hold on this task.
+* ``plots/*.png``: curves over training (losses, test accuracy, lambda_max, Tr H), gains
+  against eigenvalue with the predicted line, Taylor error against rho, the final spectral
+  density.
+* ``report.md`` (linking the PNGs) and ``report.html`` (the PNGs embedded, self-contained).
+
+The output is a function of the input files only: no dates, no paths outside the directory,
+floats printed with fixed formats, PNGs written without a software or date stamp. Rebuilding a
+report from the same files gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samhess.experiments import runfiles
+from samhess.experiments.runfiles import (
+    COMPARE_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TIMING_FILE, MetricsLog,
+)
+
+ANALYSIS_FILE = Path("analysis") / "analysis.json"
+CLAIMS_FILE = "claims.json"
+PLOTS_DIR = "plots"
+
+#: Entry keys of summary.json and the record key (or timing key) each comes from.
+SUMMARY_KEYS: dict[str, str] = {
+    "final_train_loss": "train_loss",
+    "test_accuracy": "test_accuracy",
+    "lambda_max": "lambda_max",
+    "hessian_trace": "hessian_trace",
+    "sharp_flat_gain_ratio": "gain_ratio",
+    "seconds_per_step": "seconds_per_step",
+}
+
+_COLUMNS = (
+    ("final_train_loss", "final train loss", "{:.4f}"),
+    ("test_accuracy", "test accuracy", "{:.2%}"),
+    ("lambda_max", "lambda_max", "{:.3f}"),
+    ("hessian_trace", "Tr(H)", "{:.2f}"),
+    ("sharp_flat_gain_ratio", "sharp/flat gain", "{:.3f}"),
+    ("seconds_per_step", "s/step", "{:.4f}"),
+)
+
+# One colour per optimizer name, so every plot and report agrees.
+_COLOURS = {
+    "sgd": "#1f77b4", "sam": "#d62728", "usam": "#ff7f0e", "asam": "#8c564b", "ire": "#2ca02c",
+    "sam-ire": "#9467bd", "adamw": "#7f7f7f", "admire": "#17becf",
+}
+
+
+@dataclass
+class RunFiles:
+    """The files of one finished (or interrupted) run, as read back."""
+
+    directory: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    timing: dict[str, Any] | None
+    analysis: dict[str, Any] | None
+
+    @property
+    def optimizer(self) -> str:
+        return self.config["optimizer"]
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+
+def read_run(directory: Path) -> RunFiles:
+    """Read one run directory.
+
+    Raises:
+        ValueError: ``config.json`` or ``metrics.jsonl`` is missing or malformed.
+    """
+    config = runfiles.read_json(directory / CONFIG_FILE)
+    if not isinstance(config, dict) or "optimizer" not in config:
+        raise ValueError(f"{directory / CONFIG_FILE} is not a run configuration")
+    records = MetricsLog(directory / METRICS_FILE).records()
+    if not records:
+        raise ValueError(f"{directory / METRICS_FILE} holds no records; the run has not started")
+    timing_path = directory / TIMING_FILE
+    timing = runfiles.read_json(timing_path) if timing_path.exists() else None
+    analysis_path = directory / ANALYSIS_FILE
+    analysis = runfiles.read_json(analysis_path) if analysis_path.exists() else None
+    return RunFiles(directory=directory, config=config, records=records, timing=timing,
+                    analysis=analysis)
+
+
+def run_dir_of(compare_dir: Path, optimizer: str, seed: int) -> Path:
+    """Where a comparison keeps one member run: ``DIR/<optimizer>/seed-<seed>``."""
+    return compare_dir / optimizer / f"seed-{seed}"
+
+
+def _mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
+    present = [v for v in values if v is not None and math.isfinite(v)]
+    if not present:
+        return {"mean": None, "std": None}
+    mean = float(np.mean(present))
+    std = float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
+    return {"mean": mean, "std": std}
+
+
+def median_gain_ratio(run: RunFiles) -> float | None:
+    """The median sharp/flat gain ratio over a run's records after step 0.
+
+    The ratio describes single steps and varies from one to the next; the median over the run
+    is the steadier statement (step 0, at initialization, is left out).
+    """
+    values = [r["gain_ratio"] for r in run.records
+              if r["step"] > 0 and r.get("gain_ratio") is not None]
+    if not values:
+        values = [r["gain_ratio"] for r in run.records if r.get("gain_ratio") is not None]
+    return float(np.median(values)) if values else None
+
+
+def summary_entry(runs: Sequence[RunFiles]) -> dict[str, Any]:
+    """One optimizer's entry of summary.json, over its seeds.
+
+    Every value is the last record's, except ``sharp_flat_gain_ratio`` (the median over the
+    records after step 0, :func:`median_gain_ratio`) and ``seconds_per_step`` (timing.json).
+    """
+    entry: dict[str, Any] = {}
+    for key, source in SUMMARY_KEYS.items():
+        if source == "seconds_per_step":
+            values = [(run.timing or {}).get("seconds_per_step") for run in runs]
+        elif source == "gain_ratio":
+            values = [median_gain_ratio(run) for run in runs]
+        else:
+            values = [run.records[-1].get(source) for run in runs]
+        entry[key] = _mean_std(values)
+    entry["seeds"] = [run.seed for run in runs]
+    entry["steps"] = [run.records[-1]["step"] for run in runs]
+    return entry
+
+
+@dataclass
+class Claim:
+    """One of the seed note's claims, tested on this comparison's numbers."""
+
+    claim: str
+    holds: bool | None
+    evidence: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim": self.claim, "holds": self.holds, "evidence": self.evidence}
+
+    @property
+    def verdict(self) -> str:
+        return {True: "HOLDS", False: "DOES NOT HOLD", None: "UNDECIDED"}[self.holds]
+
+    def line(self) -> str:
+        return f"{self.verdict}: {self.claim} -- {self.evidence}"
+
+
+def _fmt(value: float | None, spec: str = "{:.4g}") -> str:
+    return "n/a" if value is None else spec.format(value)
+
+
+def _fmt_stat(stat: dict[str, Any], spec: str) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    text = spec.format(stat["mean"])
+    if stat["std"]:
+        text += " ± " + spec.format(stat["std"])
+    return text
+
+
+def _share_of_records(groups: dict[str, list[RunFiles]], name: str, holds) -> str:
+    values = [r["gain_ratio"] for run in groups[name] for r in run.records
+              if r["step"] > 0 and r.get("gain_ratio") is not None]
+    finals = [run.records[-1].get("gain_ratio") for run in groups[name]]
+    if not values:
+        return ""
+    final = _fmt(float(np.mean(finals)), "{:.3f}") if None not in finals else "n/a"
+    return (f" (median over the tracked steps after step 0; it holds at "
+            f"{sum(1 for v in values if holds(v))} of {len(values)} of them; last step {final})")
+
+
+def evaluate_claims(summary: dict[str, dict[str, Any]],
+                    groups: dict[str, list[RunFiles]]) -> list[Claim]:
+    """The seed note's claims, where the optimizers they name were run.
+
+    * SAM's step is about (I + rho H / ||g||) g: sharp directions gain more than flat ones,
+      sharp/flat gain ratio > 1.
+    * IRE amplifies only flat coordinates: ratio < 1.
+    * SAM ends flatter than SGD: a lower final lambda_max.
+    """
+    claims = []
+
+    def ratio(name: str) -> float | None:
+        return summary[name]["sharp_flat_gain_ratio"]["mean"]
+
+    if "sam" in summary:
+        value = ratio("sam")
+        claims.append(Claim(
+            "SAM accelerates sharp directions more than flat ones (sharp/flat gain ratio > 1)",
+            None if value is None else value > 1,
+            f"SAM's ratio is {_fmt(value, '{:.3f}')}"
+            + _share_of_records(groups, "sam", lambda v: v > 1)))
+    for name in ("ire", "admire"):
+        if name in summary:
+            value = ratio(name)
+            label = "IRE" if name == "ire" else "AdmIRE"
+            claims.append(Claim(
+                f"{label} accelerates flat directions more than sharp ones "
+                "(sharp/flat gain ratio < 1)",
+                None if value is None else value < 1,
+                f"{label}'s ratio is {_fmt(value, '{:.3f}')}"
+                + _share_of_records(groups, name, lambda v: v < 1)))
+    if "sam" in summary and "sgd" in summary:
+        sam = summary["sam"]["lambda_max"]["mean"]
+        sgd = summary["sgd"]["lambda_max"]["mean"]
+        holds = None if sam is None or sgd is None else sam < sgd
+        evidence = f"lambda_max {_fmt(sam, '{:.3f}')} (SAM) vs {_fmt(sgd, '{:.3f}')} (SGD)"
+        pairs = [(a.records[-1].get("lambda_max"), b.records[-1].get("lambda_max"))
+                 for a, b in zip(groups.get("sam", []), groups.get("sgd", []))]
+        if len(pairs) > 1 and all(None not in pair for pair in pairs):
+            evidence += (f", mean over seeds; lower in {sum(1 for a, b in pairs if a < b)} of "
+                         f"{len(pairs)} seeds")
+        claims.append(Claim("SAM ends flatter than SGD (lower final lambda_max)", holds, evidence))
+    return claims
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots. Built on matplotlib's object API (no pyplot state), with the default style, so that the
+# same data give the same bytes whatever the user's matplotlibrc says.
+
+def _default_style():
+    """matplotlib's own defaults, whatever the user's matplotlibrc sets, for this block only."""
+    import matplotlib
+
+    style = {k: v for k, v in matplotlib.rcParamsDefault.items()
+             if not k.startswith("backend") and k not in ("interactive", "webagg.port")}
+    style["svg.hashsalt"] = "samhess"
+    return matplotlib.rc_context(style)
+
+
+def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.4, 4.2)):
+    from matplotlib.figure import Figure
+
+    # Fixed margins instead of a layout engine: a third of the drawing time, same result here.
+    figure = Figure(figsize=size, dpi=100)
+    axes = figure.subplots(nrows, ncols, squeeze=False)
+    if nrows * ncols > 1:
+        figure.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.95, wspace=0.22,
+                               hspace=0.32)
+    else:
+        figure.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.91)
+    return figure, axes
+
+
+def _png_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    # No "Software" stamp: the bytes then depend on the data and the renderer only.
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _colour(name: str) -> str:
+    return _COLOURS.get(name, "#000000")
+
+
+def _series(run: RunFiles, key: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for record in run.records:
+        value = record.get(key)
+        if value is not None:
+            steps.append(record["step"])
+            values.append(value)
+    return steps, values
+
+
+def plot_curves(groups: dict[str, list[RunFiles]]) -> bytes:
+    """Loss, test accuracy, lambda_max and Tr(H) over training, one colour per optimizer."""
+    figure, axes = _figure(2, 2, size=(10.0, 7.0))
+    panels = [
+        (axes[0, 0], "train_loss", "train loss (solid), test loss (dashed)", True),
+        (axes[0, 1], "test_accuracy", "test accuracy", False),
+        (axes[1, 0], "lambda_max", "lambda_max (top Hessian eigenvalue)", False),
+        (axes[1, 1], "hessian_trace", "Tr(H) (Hutch++, ± 1 stderr)", False),
+    ]
+    for axis, key, title, log_scale in panels:
+        for name, runs in groups.items():
+            for index, run in enumerate(runs):
+                label = name if index == 0 else None
+                steps, values = _series(run, key)
+                axis.plot(steps, values, color=_colour(name), label=label, linewidth=1.5,
+                          marker="o", markersize=3)
+                if key == "train_loss":
+                    steps, values = _series(run, "test_loss")
+                    axis.plot(steps, values, color=_colour(name), linestyle="--", linewidth=1.0)
+                if key == "hessian_trace":
+                    errors = [r.get("hessian_trace_stderr") or 0.0 for r in run.records
+                              if r.get("hessian_trace") is not None]
+                    low = [v - e for v, e in zip(values, errors)]
+                    high = [v + e for v, e in zip(values, errors)]
+                    axis.fill_between(steps, low, high, color=_colour(name), alpha=0.15,
+                                      linewidth=0)
+        if log_scale:
+            axis.set_yscale("log")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("step")
+        axis.grid(True, alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    return _png_bytes(figure)
+
+
+def _first_analysis(runs: Sequence[RunFiles]) -> dict[str, Any] | None:
+    for run in runs:
+        if run.analysis is not None:
+            return run.analysis
+    return None
+
+
+def plot_gains(groups: dict[str, list[RunFiles]]) -> bytes | None:
+    """Gain of the final step along the top Hessian eigenvectors against their eigenvalue.
+
+    Filled markers: measured gains per eigenvector; the hollow marker at 0: the gain on the
+    flat subspace (everything orthogonal to the top-k eigenvectors); dashed line: the
+    prediction 1 + rho lambda / ||g|| (SAM), 1 + rho lambda (USAM), 1 (SGD); crosses: the
+    prediction where it depends on more than lambda (IRE: each eigenvector's mass on the mask).
+    """
+    figure, axes = _figure(size=(7.0, 4.6))
+    axis = axes[0, 0]
+    drawn = False
+    for name, runs in groups.items():
+        analysis = _first_analysis(runs) or {}
+        gains, sharp_flat = analysis.get("gains"), analysis.get("sharp_flat") or {}
+        if not gains:
+            continue
+        colour = _colour(name)
+        eigenvalues = np.asarray(gains["eigenvalues"], dtype=float)
+        measured = np.asarray([np.nan if g is None else g for g in gains["gains"]], dtype=float)
+        axis.scatter(eigenvalues, measured, color=colour, label=f"{name} measured", s=24,
+                     zorder=3)
+        if sharp_flat.get("flat_gain") is not None:
+            axis.scatter([0.0], [sharp_flat["flat_gain"]], facecolors="none", edgecolors=colour,
+                         s=60, linewidths=1.5, zorder=3)
+        predictions = gains.get("predictions")
+        if predictions and all(p is not None for p in predictions):
+            predicted = np.asarray(predictions, dtype=float)
+            if gains.get("prediction_formula", "").startswith("1"):
+                # 1, 1 + rho lambda / ||g||, 1 + rho lambda: a line in lambda, 1 at lambda = 0.
+                xs = np.concatenate([[0.0], eigenvalues])
+                ys = np.concatenate([[1.0], predicted])
+                order = np.argsort(xs, kind="stable")
+                axis.plot(xs[order], ys[order], color=colour, linestyle="--", linewidth=1.2,
+                          label=f"{name} predicted")
+            else:  # IRE's prediction depends on each eigenvector's mass on the mask
+                axis.scatter(eigenvalues, predicted, color=colour, marker="x", s=30,
+                             label=f"{name} predicted")
+        drawn = True
+    if not drawn:
+        return None
+    axis.axhline(1.0, color="#444444", linewidth=0.8, linestyle=":")
+    axis.set_xlabel("Hessian eigenvalue (final model; hollow marker at 0: flat subspace)")
+    axis.set_ylabel("gain <v, D> / <v, -lr g>")
+    axis.set_title("Gain of the final step along the top eigenvectors", fontsize=10)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8, ncol=2)
+    return _png_bytes(figure)
+
+
+def plot_taylor(groups: dict[str, list[RunFiles]]) -> bytes | None:
+    """Relative error of SAM's first-order gradient expansion against rho (log-log)."""
+    figure, axes = _figure(size=(6.4, 4.2))
+    axis = axes[0, 0]
+    drawn = False
+    for name, runs in groups.items():
+        taylor = (_first_analysis(runs) or {}).get("taylor")
+        if not taylor:
+            continue
+        rhos = np.asarray(taylor["rhos"], dtype=float)
+        errors = np.asarray([np.nan if e is None else e for e in taylor["grad_rel_error"]],
+                            dtype=float)
+        order = taylor.get("order")
+        label = f"{name} (slope {order:.2f})" if order is not None else name
+        axis.plot(rhos, errors, color=_colour(name), marker="o", label=label)
+        drawn = True
+    if not drawn:
+        return None
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("rho")
+    axis.set_ylabel("relative error of g + H e")
+    axis.set_title("SAM gradient vs its first-order Taylor prediction", fontsize=10)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    return _png_bytes(figure)
+
+
+def plot_spectrum(groups: dict[str, list[RunFiles]]) -> bytes | None:
+    """The final Hessian spectral density (stochastic Lanczos quadrature), one per optimizer."""
+    figure, axes = _figure(size=(6.4, 4.2))
+    axis = axes[0, 0]
+    drawn = False
+    for name, runs in groups.items():
+        density = (_first_analysis(runs) or {}).get("spectral_density")
+        if not density:
+            continue
+        grid = np.asarray(density["grid"], dtype=float)
+        values = np.asarray(density["density"], dtype=float)
+        axis.plot(grid, np.maximum(values, 1e-12), color=_colour(name), label=name,
+                  linewidth=1.2)
+        drawn = True
+    if not drawn:
+        return None
+    axis.set_yscale("log")
+    axis.set_ylim(bottom=1e-6)
+    axis.set_xlabel("eigenvalue")
+    axis.set_ylabel("density")
+    axis.set_title("Hessian spectral density of the final model", fontsize=10)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    return _png_bytes(figure)
+
+
+_PLOTS = (
+    ("curves.png", "Curves over training", plot_curves),
+    ("gains.png", "Gains against eigenvalue, with the prediction", plot_gains),
+    ("taylor.png", "Taylor error against rho", plot_taylor),
+    ("spectrum.png", "Final spectral density", plot_spectrum),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text.
+
+def format_table(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Rows of the summary table, header first."""
+    rows = [["optimizer"] + [title for _, title, _ in _COLUMNS]]
+    for name, entry in summary.items():
+        rows.append([name] + [_fmt_stat(entry[key], spec) for key, _, spec in _COLUMNS])
+    return rows
+
+
+def _text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                               for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |",
+             "| " + " | ".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+def _task_line(config: dict[str, Any]) -> str:
+    return (f"{config['dataset']} / {config['model']}, {config['steps']} steps of batch "
+            f"{config['batch_size']}, track every {config['track_every']}, top-{config['top_k']} "
+            f"eigenvalues, Hutch++ with {config['trace_matvecs']} matvecs, {config['dtype']}")
+
+
+def _hyperparameters(name: str, config: dict[str, Any]) -> str:
+    parts = [f"lr {config['lr']:g}"]
+    if name not in ("adamw", "admire"):
+        parts.append(f"momentum {config['momentum']:g}")
+    if config["weight_decay"]:
+        parts.append(f"weight decay {config['weight_decay']:g}")
+    if name in ("sam", "usam", "asam", "sam-ire"):
+        parts.append(f"rho {config['rho']:g}")
+    if name in ("ire", "sam-ire", "admire"):
+        parts.append(f"kappa {config['kappa']:g}, gamma {config['gamma']:g}, refresh every "
+                     f"{config['refresh_every']}, from step {config['start_step']}")
+    return ", ".join(parts)
+
+
+_EXPLANATION = (
+    "Values are those of the last tracked step (mean ± sample std over seeds), except the "
+    "sharp/flat gain: the median over the tracked steps after step 0. lambda_max and "
+    "Tr(H) are the Hessian's top eigenvalue and trace of the mean loss on a fixed tracking batch. "
+    "The sharp/flat gain is the optimizer's step measured on the span of the top Hessian "
+    "eigenvectors, divided by the same on its orthogonal complement (the flat directions), each "
+    "relative to a plain gradient step with the same learning rate: 1 for SGD, above 1 where sharp directions are accelerated most (the seed "
+    "note's picture of SAM), below 1 where flat ones are (IRE). s/step is wall-clock training "
+    "time per step, tracking excluded."
+)
+
+
+def _markdown(title: str, task: str, hyper: list[str], table: list[list[str]],
+              claims: list[Claim], images: list[tuple[str, str]]) -> str:
+    lines = [f"# {title}", "", f"Task: {task}.", ""]
+    lines += [f"- {line}" for line in hyper]
+    lines += ["", _markdown_table(table), "", _EXPLANATION, ""]
+    if claims:
+        lines += ["## Does the seed note's picture hold here?", ""]
+        lines += [f"- **{c.verdict}**: {c.claim}. {c.evidence}." for c in claims]
+        lines.append("")
+    for filename, caption in images:
+        lines += [f"## {caption}", "", f"![{caption}]({PLOTS_DIR}/{filename})", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 62em; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+.holds { color: #1a7f37; font-weight: bold; }
+.fails { color: #b3261e; font-weight: bold; }
+img { max-width: 100%; border: 1px solid #eee; }
+p.note { color: #555; font-size: 0.92em; }
+""".strip()
+
+
+def _html(title: str, task: str, hyper: list[str], table: list[list[str]],
+          claims: list[Claim], images: list[tuple[str, str, bytes]]) -> str:
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             f"<title>{esc(title)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
+             f"<h1>{esc(title)}</h1>", f"<p>Task: {esc(task)}.</p>", "<ul>"]
+    parts += [f"<li>{esc(line)}</li>" for line in hyper]
+    parts += ["</ul>", "<table>",
+              "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in table[0]) + "</tr>"]
+    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table[1:]]
+    parts += ["</table>", f'<p class="note">{esc(_EXPLANATION)}</p>']
+    if claims:
+        parts += ["<h2>Does the seed note's picture hold here?</h2>", "<ul>"]
+        for claim in claims:
+            css, word = {True: ("holds", "HOLDS"), False: ("fails", "DOES NOT HOLD"),
+                         None: ("", "UNDECIDED")}[claim.holds]
+            parts.append(f'<li><span class="{css}">{word}</span>: {esc(claim.claim)}. '
+                         f"{esc(claim.evidence)}.</li>")
+        parts.append("</ul>")
+    for filename, caption, data in images:
+        encoded = base64.b64encode(data).decode("ascii")
+        parts += [f"<h2>{esc(caption)}</h2>",
+                  f'<img id="{esc(filename[:-4])}" alt="{esc(caption)}" '
+                  f'src="data:image/png;base64,{encoded}">']
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` wrote."""
+
+    directory: Path
+    summary: dict[str, Any]
+    claims: list[Claim]
+    table: list[list[str]]
+    markdown_path: Path
+    html_path: Path
+    plot_paths: list[Path] = field(default_factory=list)
+
+    def screen_summary(self) -> str:
+        lines = [_text_table(self.table)]
+        if self.claims:
+            lines += ["", *[claim.line() for claim in self.claims]]
+        lines += ["", f"Report: {self.html_path}"]
+        return "\n".join(lines)
+
+
+def _groups_of(directory: Path) -> tuple[str, dict[str, Any], dict[str, list[RunFiles]], bool]:
+    """Title, a representative config, the runs by optimizer, and whether it is a comparison."""
+    if (directory / COMPARE_FILE).exists():
+        spec = runfiles.read_json(directory / COMPARE_FILE)
+        try:
+            names, seeds = list(spec["optimizers"]), int(spec["seeds"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"{directory / COMPARE_FILE} is not a comparison description") from None
+        groups = {}
+        for name in names:
+            runs = [read_run(run_dir_of(directory, name, seed)) for seed in range(seeds)
+                    if (run_dir_of(directory, name, seed) / CONFIG_FILE).exists()]
+            if len(runs) != seeds:
+                raise ValueError(f"{directory} lacks runs of {name}; finish them with "
+                                 "samhess compare --resume")
+            groups[name] = runs
+        first = next(iter(groups.values()))[0].config
+        return "samhess comparison", first, groups, True
+    if (directory / CONFIG_FILE).exists():
+        run = read_run(directory)
+        title = f"samhess run: {run.optimizer}, seed {run.seed}"
+        return title, run.config, {run.optimizer: [run]}, False
+    raise ValueError(f"{directory} holds no run (config.json) or comparison (compare.json)")
+
+
+def build_report(directory: str | Path) -> Report:
+    """Write summary.json, claims.json (comparisons), plots, report.md and report.html."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory")
+    title, config, groups, is_compare = _groups_of(directory)
+    summary = {name: summary_entry(runs) for name, runs in groups.items()}
+    claims = evaluate_claims(summary, groups) if is_compare else []
+    table = format_table(summary)
+    hyper = [f"{name}: {_hyperparameters(name, runs[0].config)}" for name, runs in groups.items()]
+    images: list[tuple[str, str, bytes]] = []
+    with _default_style():
+        for filename, caption, plot in _PLOTS:
+            data = plot(groups)
+            if data is not None:
+                images.append((filename, caption, data))
+
+    plots_dir = directory / PLOTS_DIR
+    if runfiles.is_main_process():
+        plots_dir.mkdir(exist_ok=True)
+    plot_paths = []
+    for filename, _, data in images:
+        runfiles.write_bytes_atomic(plots_dir / filename, data)
+        plot_paths.append(plots_dir / filename)
+    runfiles.write_json_atomic(directory / SUMMARY_FILE,
+                               summary if is_compare else next(iter(summary.values())))
+    if is_compare:
+        runfiles.write_json_atomic(directory / CLAIMS_FILE, [c.to_dict() for c in claims])
+    task = _task_line(config)
+    markdown = _markdown(title, task, hyper, table, claims, [(f, c) for f, c, _ in images])
+    page = _html(title, task, hyper, table, claims, images)
+    runfiles.write_text_atomic(directory / "report.md", markdown)
+    runfiles.write_text_atomic(directory / "report.html", page)
+    return Report(directory=directory, summary=summary, claims=claims, table=table,
+                  markdown_path=directory / "report.md", html_path=directory / "report.html",
+                  plot_paths=plot_paths)
+
+
+def format_run_summary(out: Path, summary: dict[str, Any], report_path: Path,
+                       resumed_from: int | None) -> str:
+    """The lines ``samhess run`` prints at the end."""
+    lines = []
+    if resumed_from is not None:
+        lines.append(f"Resumed from step {resumed_from}.")
+    lines.append(_text_table(format_table(summary)))
+    lines += ["", f"Run files: {out}", f"Report: {report_path}"]
+    return "\n".join(lines)

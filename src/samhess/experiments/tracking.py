@@ -1,0 +1,176 @@
+"""What a run records every ``track_every`` steps: losses, accuracies, curvature and gains.
+
+Each record is measured without disturbing training: the model's mode, every random number
+generator (torch, numpy, Python) and, through ``directional_gains``, the parameters and the
+optimizer's state are the same after a measurement as before it. Training with tracking and
+training without it therefore take the same steps, and a resumed run the same as a straight one.
+
+Curvature is measured on one fixed batch (``tracking_batch_size`` examples drawn once from the
+training set by the run's seed), in eval mode, so records at different steps compare the same
+function's Hessian:
+
+* ``eigenvalues``: the ``top_k`` largest Hessian eigenvalues (Lanczos), ``lambda_max`` first;
+* ``hessian_trace`` and ``hessian_trace_stderr``: Hutch++ (Meyer et al., SOSA 2021);
+* ``grad_norm``: ||g|| of the mean loss on that batch;
+* ``sharp_gain``, ``flat_gain``, ``gain_ratio``: the optimizer's step measured along the top
+  eigenvectors (sharp) and the flat directions, each relative to a plain gradient step with the
+  same learning rate (:func:`samhess.analysis.sharp_flat_gains`). The seed note predicts a ratio
+  above 1 for SAM (its step is about (I + rho H / ||g||) g) and below 1 for IRE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Keys of every record in metrics.jsonl, in the order they are written.
+RECORD_KEYS: tuple[str, ...] = (
+    "step", "epoch", "batch_loss", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+    "grad_norm", "lambda_max", "eigenvalues", "hessian_trace", "hessian_trace_stderr",
+    "sharp_gain", "flat_gain", "gain_ratio", "hessian_matvecs",
+)
+
+
+@dataclass
+class TrackingSetup:
+    """The fixed ingredients of every record of one run.
+
+    Attributes:
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean loss.
+        kind: the task kind (accuracy is reported for classification and language models).
+        batch: the fixed curvature batch ``(inputs, targets)``.
+        train_eval: ``(inputs, targets)`` the train loss and accuracy are measured on.
+        test_eval: ``(inputs, targets)`` the test loss and accuracy are measured on.
+        top_k: eigenvalues per record (and sharp directions of the gains).
+        trace_matvecs: Hessian-vector products of the trace estimate.
+        seed: seeds the Lanczos start vector and the trace probes.
+        eval_chunk: examples per forward pass when evaluating.
+    """
+
+    loss_fn: Callable
+    kind: str
+    batch: tuple[torch.Tensor, torch.Tensor]
+    train_eval: tuple[torch.Tensor, torch.Tensor]
+    test_eval: tuple[torch.Tensor, torch.Tensor]
+    top_k: int
+    trace_matvecs: int
+    seed: int
+    eval_chunk: int = 1024
+
+
+@contextlib.contextmanager
+def preserved_training_state(model: nn.Module) -> Iterator[None]:
+    """Restore the model's train/eval mode and every RNG state on exit."""
+    was_training = model.training
+    torch_state = torch.get_rng_state()
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        model.train(was_training)
+
+
+def has_accuracy(kind: str) -> bool:
+    """Accuracy means something for classification and next-token prediction."""
+    return kind in ("classification", "language_model")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor,
+             kind: str, chunk: int = 1024) -> tuple[float, float | None]:
+    """Mean loss and accuracy over ``(inputs, targets)`` in eval mode, in chunks.
+
+    Each chunk's mean loss is weighted by its number of target entries, so the result is the
+    mean over all examples (or tokens) whatever the chunking.
+    """
+    was_training = model.training
+    model.eval()
+    total_loss, total_weight, correct, counted = 0.0, 0, 0, 0
+    try:
+        for start in range(0, inputs.shape[0], chunk):
+            x, y = inputs[start:start + chunk], targets[start:start + chunk]
+            outputs = model(x)
+            weight = y.numel()
+            total_loss += float(loss_fn(outputs, y)) * weight
+            total_weight += weight
+            if has_accuracy(kind):
+                correct += int((outputs.argmax(dim=-1) == y).sum())
+                counted += y.numel()
+    finally:
+        model.train(was_training)
+    accuracy = correct / counted if has_accuracy(kind) and counted else None
+    return total_loss / total_weight, accuracy
+
+
+def gradient_norm(model: nn.Module, loss_fn: Callable, batch: tuple, params: list) -> float:
+    """||grad L_B(w)|| in eval mode (the same function the Hessian is taken of)."""
+    was_training = model.training
+    model.eval()
+    try:
+        inputs, targets = batch
+        grads = torch.autograd.grad(loss_fn(model(inputs), targets), params, allow_unused=True)
+    finally:
+        model.train(was_training)
+    squares = [g.detach().pow(2).sum() for g in grads if g is not None]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+
+
+def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) -> dict[str, Any]:
+    """Eigenvalues, trace, gradient norm and sharp/flat gains on the tracking batch."""
+    from samhess.analysis import sharp_flat_gains
+    from samhess.curvature import HessianOperator, eigenpairs, trace
+
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    operator = HessianOperator(model, setup.loss_fn, setup.batch, params=params)
+    top = eigenpairs(operator, setup.top_k, which="largest", seed=setup.seed)
+    estimate = trace(operator, setup.trace_matvecs, method="hutch++", seed=setup.seed)
+    gains = sharp_flat_gains(model, setup.loss_fn, setup.batch, optimizer, k=setup.top_k,
+                             params=params, sharp=top, seed=setup.seed)
+    eigenvalues = [float(v) for v in top.eigenvalues]
+    return {
+        "grad_norm": gradient_norm(model, setup.loss_fn, setup.batch, params),
+        "lambda_max": eigenvalues[0],
+        "eigenvalues": eigenvalues,
+        "hessian_trace": float(estimate.estimate),
+        "hessian_trace_stderr": float(estimate.stderr),
+        "sharp_gain": float(gains.sharp_gain),
+        "flat_gain": float(gains.flat_gain),
+        "gain_ratio": float(gains.ratio),
+        "hessian_matvecs": int(operator.num_matvecs),
+    }
+
+
+def measure_record(model: nn.Module, optimizer: Any, setup: TrackingSetup, *, step: int,
+                   epoch: float, batch_loss: float | None) -> dict[str, Any]:
+    """One record of metrics.jsonl (keys :data:`RECORD_KEYS`), leaving training undisturbed."""
+    with preserved_training_state(model):
+        train_loss, train_accuracy = evaluate(model, setup.loss_fn, *setup.train_eval,
+                                              setup.kind, setup.eval_chunk)
+        test_loss, test_accuracy = evaluate(model, setup.loss_fn, *setup.test_eval,
+                                            setup.kind, setup.eval_chunk)
+        curvature = measure_curvature(model, optimizer, setup)
+    record = {
+        "step": step,
+        "epoch": epoch,
+        "batch_loss": batch_loss,
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+        **curvature,
+    }
+    return {key: record[key] for key in RECORD_KEYS}

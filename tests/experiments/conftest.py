@@ -1,0 +1,41 @@
+"""A tiny finished run shared by the run, report and CLI tests of the experiment layer."""
+
+from __future__ import annotations
+
+import pytest
+
+#: Flags of a run that takes seconds: digits, the default MLP, few steps, tiny curvature budgets.
+TINY_RUN_FLAGS = {
+    "steps": 6, "track_every": 3, "batch_size": 32, "top_k": 2, "trace_matvecs": 6,
+    "tracking_batch_size": 64, "eval_examples": 128, "density_probes": 1,
+    "density_lanczos_steps": 6,
+}
+
+
+def tiny_cli_args(**overrides) -> list[str]:
+    """The same settings as command-line arguments."""
+    values = {**TINY_RUN_FLAGS, **overrides}
+    args = []
+    for key, value in values.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def run_in_process(out, **flags):
+    """``samhess run`` in this process with the command line's single thread, so its files can
+    be compared byte for byte with a run started from the command line."""
+    from samhess.experiments.config import build_run_config
+    from samhess.experiments.train import run_experiment, torch_threads
+
+    resume, force = flags.pop("resume", False), flags.pop("force", False)
+    config = build_run_config({}, {**TINY_RUN_FLAGS, **flags})
+    with torch_threads(1):
+        return run_experiment(config, out, resume=resume, force=force, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished ``sam-ire`` run (every code path: SAM's two passes and IRE's mask)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    run_in_process(out, optimizer="sam-ire")
+    return out

@@ -1,0 +1,137 @@
+"""Run configuration: defaults, files, flags overriding files, and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from samhess.experiments.config import (
+    CompareConfig,
+    RunConfig,
+    build_compare_config,
+    build_run_config,
+    parse_optimizer_list,
+    read_config_file,
+)
+
+
+def test_defaults_resolve_per_optimizer():
+    sgd = build_run_config({}, {"optimizer": "sgd"})
+    adamw = build_run_config({}, {"optimizer": "adamw"})
+    asam = build_run_config({}, {"optimizer": "asam"})
+    assert (sgd.lr, sgd.rho, sgd.model) == (0.1, 0.05, "mlp")
+    assert adamw.lr == 1e-3
+    assert asam.rho == 0.5
+    assert sgd.checkpoint_every == sgd.track_every
+
+
+def test_flags_override_file_and_file_overrides_defaults(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('optimizer = "sam"\nsteps = 40\nrho = 0.1\nweight-decay = 0.001\n')
+    config = build_run_config(read_config_file(path), {"steps": 12})
+    assert (config.optimizer, config.steps, config.rho) == ("sam", 12, 0.1)
+    assert config.weight_decay == 0.001
+    assert config.batch_size == RunConfig().batch_size
+
+
+def test_yaml_and_toml_give_the_same_config(tmp_path):
+    toml = tmp_path / "a.toml"
+    toml.write_text('optimizer = "ire"\nkappa = 2\ngamma = 0.6\ntaylor_rhos = [0.01, 0.1]\n')
+    yaml = tmp_path / "a.yaml"
+    yaml.write_text("optimizer: ire\nkappa: 2\ngamma: 0.6\ntaylor_rhos: [0.01, 0.1]\n")
+    from_toml = build_run_config(read_config_file(toml), {})
+    from_yaml = build_run_config(read_config_file(yaml), {})
+    assert from_toml == from_yaml
+    assert from_toml.kappa == 2.0 and isinstance(from_toml.kappa, float)
+    assert from_toml.taylor_rhos == (0.01, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "fragment"),
+    [
+        ({"stepz": 3}, ValueError, "unknown key 'stepz' (did you mean 'steps'?)"),
+        ({"steps": "ten"}, TypeError, "steps = 'ten' has the wrong type: expected an integer"),
+        ({"steps": True}, TypeError, "steps = True has the wrong type"),
+        ({"steps": 0}, ValueError, "steps = 0 is invalid: must be >= 1"),
+        ({"lr": -0.1}, ValueError, "lr = -0.1 is invalid: must be > 0"),
+        ({"gamma": 1.0}, ValueError, "gamma = 1.0 is invalid: must lie in the open interval"),
+        ({"momentum": 1.5}, ValueError, "momentum = 1.5 is invalid: must be < 1"),
+        ({"optimizer": "adam"}, ValueError, "optimizer = 'adam' is invalid: must be one of sgd"),
+        ({"dataset": "imagenet"}, ValueError, "dataset = 'imagenet' is invalid: must be one of"),
+        ({"model": "gpt5"}, ValueError, "model = 'gpt5' is invalid: must be one of"),
+        ({"taylor_rhos": [0.1]}, ValueError, "needs at least two radii"),
+        ({"trace_matvecs": 2}, ValueError, "trace_matvecs = 2 is invalid: must be >= 3"),
+        ({"optimizers": "sgd"}, ValueError, "optimizers applies to `samhess compare` only"),
+    ],
+)
+def test_config_file_errors_name_key_and_value(values, error, fragment):
+    with pytest.raises(error) as info:
+        build_run_config(values, {})
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_flag_errors_name_the_flag():
+    with pytest.raises(ValueError, match=r"^--track-every 0 is invalid: must be >= 1$"):
+        build_run_config({}, {"track_every": 0})
+
+
+def test_adamw_refuses_momentum():
+    with pytest.raises(ValueError, match="momentum = 0.9 is invalid for optimizer 'adamw'"):
+        build_run_config({}, {"optimizer": "adamw", "momentum": 0.9})
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),
+    [
+        ("bad.toml", "steps = = 3", "is not valid TOML"),
+        ("bad.yaml", "steps: [1, 2", "is not valid YAML"),
+        ("list.yaml", "- 1\n- 2\n", "must hold a table"),
+        ("nested.toml", "[run]\nsteps = 3\n", "'run' is a section"),
+        ("config.json", "{}", "must end in .toml, .yaml or .yml"),
+    ],
+)
+def test_malformed_files_are_one_line_errors(tmp_path, name, text, fragment):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        read_config_file(path)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        read_config_file(tmp_path / "absent.toml")
+
+
+def test_compare_config_merges_and_resolves_members(tmp_path):
+    path = tmp_path / "compare.yaml"
+    path.write_text("optimizers: [sgd, adamw]\nseeds: 2\nsteps: 20\n")
+    config = build_compare_config(read_config_file(path), {"optimizers": "sam,admire", "steps": 8})
+    assert config.optimizers == ("sam", "admire") and config.seeds == 2
+    member = config.run_config("admire", 1)
+    assert (member.optimizer, member.seed, member.steps, member.lr) == ("admire", 1, 8, 1e-3)
+    assert config.run_config("sam", 0).lr == 0.1
+    assert CompareConfig().optimizers == ("sgd", "sam", "ire", "sam-ire")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("sgd,,sam", "needs comma-separated optimizer names"), ("sgd,lion", "'lion' is invalid"),
+     ("sgd,sgd", "names an optimizer twice"), (3, "wrong type")],
+)
+def test_optimizer_list_errors(value, fragment):
+    with pytest.raises((ValueError, TypeError)) as info:
+        parse_optimizer_list(value, "flags")
+    assert fragment in str(info.value)
+
+
+def test_compare_refuses_per_run_keys():
+    with pytest.raises(ValueError, match="seed is set per member run"):
+        build_compare_config({"seed": 3}, {})
+
+
+def test_config_round_trips_through_its_dict():
+    config = build_run_config({}, {"optimizer": "sam-ire", "kappa": 3.0})
+    assert RunConfig.from_dict(config.to_dict()) == config

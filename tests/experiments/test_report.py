@@ -1,0 +1,184 @@
+"""``samhess compare`` and ``samhess report``: summary, claims, byte-identical rebuilds, images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from samhess.cli import main
+from samhess.experiments.report import SUMMARY_KEYS, Claim, evaluate_claims
+
+from .conftest import TINY_RUN_FLAGS, tiny_cli_args
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPORT_FILES = ("summary.json", "claims.json", "report.md", "report.html", "plots/curves.png",
+                "plots/gains.png", "plots/taylor.png", "plots/spectrum.png")
+
+
+@pytest.fixture(scope="module")
+def tiny_compare(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "cmp"
+    args = ["compare", "--optimizers", "sgd,sam,ire", "--seeds", "2", "--out", str(out),
+            "--quiet", *tiny_cli_args(steps=4, track_every=2)]
+    assert main(args) == 0
+    return out
+
+
+def test_compare_writes_runs_summary_and_claims(tiny_compare, capsys):
+    summary = json.loads((tiny_compare / "summary.json").read_text())
+    assert list(summary) == ["sgd", "sam", "ire"]
+    for name, entry in summary.items():
+        assert set(SUMMARY_KEYS) <= set(entry) and entry["seeds"] == [0, 1]
+        assert set(entry["test_accuracy"]) == {"mean", "std"}
+        last = [json.loads((tiny_compare / name / f"seed-{seed}" / "metrics.jsonl").read_text()
+                           .splitlines()[-1]) for seed in (0, 1)]
+        for key, record_key in (("lambda_max", "lambda_max"), ("hessian_trace", "hessian_trace"),
+                                ("test_accuracy", "test_accuracy")):
+            values = [record[record_key] for record in last]
+            assert entry[key]["mean"] == pytest.approx(statistics.mean(values), rel=1e-12)
+            assert entry[key]["std"] == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-15)
+    # SGD's step is the gradient step itself: every gain, and so the ratio, is 1.
+    assert summary["sgd"]["sharp_flat_gain_ratio"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    claims = json.loads((tiny_compare / "claims.json").read_text())
+    assert [c["claim"].split()[0] for c in claims] == ["SAM", "IRE", "SAM"]
+    sam_ratio = summary["sam"]["sharp_flat_gain_ratio"]["mean"]
+    assert claims[0]["holds"] == (sam_ratio > 1)
+    assert claims[2]["holds"] == (summary["sam"]["lambda_max"]["mean"]
+                                  < summary["sgd"]["lambda_max"]["mean"])
+    markdown = (tiny_compare / "report.md").read_text()
+    assert ("HOLDS" in markdown) and "| optimizer |" in markdown
+
+
+def test_report_is_byte_identical_on_rebuild(tiny_compare, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_compare, copy)
+    before = {name: (copy / name).read_bytes() for name in REPORT_FILES}
+    for name in REPORT_FILES:
+        (copy / name).unlink()
+    assert main(["report", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert f"Report: {copy / 'report.html'}" in out
+    for name in REPORT_FILES:
+        assert (copy / name).read_bytes() == before[name], name
+    assert main(["report", str(copy)]) == 0
+    for name in REPORT_FILES:
+        assert (copy / name).read_bytes() == before[name], name
+
+
+def test_report_has_no_dates_or_absolute_paths(tiny_compare):
+    text = (tiny_compare / "report.html").read_text()
+    assert str(tiny_compare) not in text
+    assert not re.search(r"20\d\d-\d\d-\d\d", text)
+
+
+def test_pngs_are_valid_images(tiny_compare):
+    import matplotlib.image
+
+    for path in sorted((tiny_compare / "plots").glob("*.png")):
+        data = path.read_bytes()
+        assert data[:8] == PNG_SIGNATURE
+        pixels = matplotlib.image.imread(io.BytesIO(data), format="png")
+        assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert pixels.std() > 0  # not a blank canvas
+        try:
+            from PIL import Image
+        except ImportError:
+            continue
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+
+
+def test_html_embeds_every_plot(tiny_compare):
+    text = (tiny_compare / "report.html").read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(embedded) == 4
+    for encoded in embedded:
+        assert base64.b64decode(encoded)[:8] == PNG_SIGNATURE
+    assert "src=\"http" not in text and "<script" not in text
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason="headless Chromium (/usr/bin/chromium) is not installed")
+def test_html_renders_in_headless_chromium_with_every_image_loaded(tiny_compare, tmp_path):
+    # The report itself has no script; a copy with one appended reports each image's state.
+    probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+             " document.body.setAttribute('data-images', imgs.length + ':' + imgs.filter("
+             "i => i.complete && i.naturalWidth > 0).length); });</script>")
+    page = tmp_path / "probe.html"
+    report = (tiny_compare / "report.html").read_text()
+    page.write_text(report.replace("</body>", probe + "</body>"))
+    result = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    match = re.search(r'data-images="(\d+):(\d+)"', result.stdout)
+    assert match, result.stderr[-2000:]
+    total, loaded = map(int, match.groups())
+    assert total == 4 and loaded == total
+
+
+def test_compare_refuses_to_overwrite_without_resume_or_force(tiny_compare, capsys):
+    assert main(["compare", "--optimizers", "sgd,sam,ire", "--seeds", "2", "--out",
+                 str(tiny_compare), "--quiet", *tiny_cli_args(steps=4, track_every=2)]) == 2
+    assert "already holds a comparison" in capsys.readouterr().err
+
+
+def test_compare_resume_keeps_finished_runs(tiny_compare, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_compare, copy)
+    shutil.rmtree(copy / "ire" / "seed-1")  # as if interrupted before the last run started
+    assert main(["compare", "--optimizers", "sgd,sam,ire", "--seeds", "2", "--out", str(copy),
+                 "--resume", "--quiet", *tiny_cli_args(steps=4, track_every=2)]) == 0
+    for name in ("sgd", "sam", "ire"):
+        for seed in (0, 1):
+            path = Path(name) / f"seed-{seed}" / "metrics.jsonl"
+            assert (copy / path).read_bytes() == (tiny_compare / path).read_bytes()
+    def without_timing(path):
+        summary = json.loads(path.read_text())
+        for entry in summary.values():
+            entry.pop("seconds_per_step")  # wall clock: the one value a rerun changes
+        return summary
+
+    assert without_timing(copy / "summary.json") == without_timing(tiny_compare / "summary.json")
+
+
+def _entry(ratio, lambda_max):
+    stat = lambda value: {"mean": value, "std": 0.0}  # noqa: E731
+    return {"sharp_flat_gain_ratio": stat(ratio), "lambda_max": stat(lambda_max)}
+
+
+def test_claims_say_plainly_when_they_fail():
+    summary = {"sgd": _entry(1.0, 5.0), "sam": _entry(0.9, 6.0), "ire": _entry(0.7, 4.0)}
+    claims = evaluate_claims(summary, {name: [] for name in summary})
+    assert [c.holds for c in claims] == [False, True, False]
+    assert claims[0].line().startswith("DOES NOT HOLD: SAM accelerates sharp directions")
+    assert "6.000 (SAM) vs 5.000 (SGD)" in claims[2].evidence
+    assert Claim("x", None, "no data").line().startswith("UNDECIDED")
+
+
+def test_single_run_report_rebuilds_identically(tiny_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    before = {p: p.read_bytes() for p in [copy / "summary.json", copy / "report.html",
+                                          copy / "report.md", *sorted((copy / "plots").iterdir())]}
+    assert main(["report", str(copy)]) == 0
+    assert {p: p.read_bytes() for p in before} == before
+    assert json.loads((copy / "summary.json").read_text())["test_accuracy"]["std"] == 0.0
+
+
+def test_every_tiny_setting_is_a_flag_mapping_to_its_config_key():
+    from samhess.cli import _settings, build_parser
+
+    args = build_parser().parse_args(["run", "--optimizer", "sgd", *tiny_cli_args()])
+    assert _settings(args) == {"optimizer": "sgd", **TINY_RUN_FLAGS}

@@ -1,0 +1,154 @@
+"""``samhess run``: the files it writes, reproducibility, and resuming after ``kill -9``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from samhess.cli import main
+from samhess.experiments.report import SUMMARY_KEYS
+from samhess.experiments.tracking import RECORD_KEYS
+from samhess.experiments.train import epoch_permutation
+
+from .conftest import TINY_RUN_FLAGS, run_in_process, tiny_cli_args
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_writes_the_documented_files(tiny_run):
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["optimizer"] == "sam-ire" and config["model"] == "mlp" and config["lr"] == 0.1
+
+    records = read_records(tiny_run)
+    assert [r["step"] for r in records] == [0, 3, 6]
+    for record in records:
+        assert tuple(record) == RECORD_KEYS
+        assert len(record["eigenvalues"]) == TINY_RUN_FLAGS["top_k"]
+        assert record["lambda_max"] == record["eigenvalues"][0]
+        assert record["eigenvalues"] == sorted(record["eigenvalues"], reverse=True)
+        assert record["hessian_trace_stderr"] >= 0
+        assert 0.0 <= record["test_accuracy"] <= 1.0
+    assert records[0]["batch_loss"] is None and records[1]["batch_loss"] > 0
+
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(summary)
+    assert summary["final_train_loss"] == {"mean": records[-1]["train_loss"], "std": 0.0}
+    ratios = sorted(r["gain_ratio"] for r in records[1:])
+    assert summary["sharp_flat_gain_ratio"]["mean"] == pytest.approx(sum(ratios) / 2, rel=1e-12)
+    timing = json.loads((tiny_run / "timing.json").read_text())
+    assert timing["steps"] == 6 and timing["seconds_per_step"] > 0
+    assert summary["seconds_per_step"]["mean"] == timing["seconds_per_step"]
+
+    analysis = json.loads((tiny_run / "analysis" / "analysis.json").read_text())
+    expected = {"gains", "sharp_flat", "taylor", "spectral_density", "ire_mask_quality"}
+    assert expected <= set(analysis)
+    assert analysis["step"] == 6
+    for name in ("curves.png", "gains.png", "taylor.png", "spectrum.png"):
+        assert (tiny_run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tiny_run / "checkpoint.pt").exists()
+    assert (tiny_run / "report.html").exists() and (tiny_run / "report.md").exists()
+
+
+def test_same_seed_gives_identical_files(tiny_run, tmp_path):
+    run_in_process(tmp_path / "again", optimizer="sam-ire")
+    for name in ("metrics.jsonl", "config.json", "analysis/analysis.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (tiny_run / name).read_bytes(), name
+
+
+def test_analyze_recomputes_the_final_analysis_from_the_checkpoint(tiny_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    (copy / "analysis" / "analysis.json").unlink()
+    assert main(["analyze", str(copy)]) == 0
+    assert "sharp/flat gain ratio" in capsys.readouterr().out
+    for name in ("gains.png", "sharp_flat.png", "taylor.png", "spectral_density.png"):
+        assert (copy / "analysis" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The checkpoint restores model, optimizer and IRE mask exactly: the same numbers result.
+    assert ((copy / "analysis" / "analysis.json").read_bytes()
+            == (tiny_run / "analysis" / "analysis.json").read_bytes())
+
+
+def test_batch_order_depends_on_seed_and_epoch_only():
+    first = epoch_permutation(3, 1, 50)
+    assert (first == epoch_permutation(3, 1, 50)).all()
+    assert sorted(first.tolist()) == list(range(50))
+    assert not (first == epoch_permutation(3, 2, 50)).all()
+    assert not (first == epoch_permutation(4, 1, 50)).all()
+
+
+def test_resume_of_a_finished_run_keeps_its_metrics(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    result = run_in_process(copy, optimizer="sam-ire", resume=True)
+    assert result.resumed_from == 6
+    assert (copy / "metrics.jsonl").read_bytes() == (tiny_run / "metrics.jsonl").read_bytes()
+
+
+KILL_FLAGS = {**TINY_RUN_FLAGS, "steps": 24, "track_every": 2, "checkpoint_every": 4}
+
+
+def test_resume_after_sigkill_equals_a_straight_run(tmp_path):
+    straight = tmp_path / "straight"
+    run_in_process(straight, **KILL_FLAGS, optimizer="sam-ire")
+
+    killed = tmp_path / "killed"
+    args = [sys.executable, "-m", "samhess", "run", "--optimizer", "sam-ire", "--out",
+            str(killed), "--quiet", *tiny_cli_args(**KILL_FLAGS)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    # Kill once a checkpoint past step 0 exists, i.e. mid-way with a resumable state on disk.
+    while time.monotonic() < deadline and process.poll() is None:
+        metrics = killed / "metrics.jsonl"
+        if (killed / "checkpoint.pt").exists() and metrics.exists() \
+                and metrics.read_bytes().count(b"\n") >= 4:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed mid-way"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    interrupted = read_records(killed) if (killed / "metrics.jsonl").exists() else []
+    assert len(interrupted) < 13
+
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resumed from step" in resumed.stdout
+    assert (killed / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
+    assert len(read_records(killed)) == 13
+
+
+def test_tensorboard_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    run_in_process(tmp_path / "tb", optimizer="sgd", steps=3, tensorboard=True)
+    events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0]))
+    accumulator.Reload()
+    lambda_max = [event.value for event in accumulator.Scalars("lambda_max")]
+    assert lambda_max == pytest.approx([r["lambda_max"] for r in read_records(tmp_path / "tb")])
+
+
+def test_force_replaces_a_run(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    (copy / "notes.txt").write_text("mine")
+    run_in_process(copy, optimizer="sgd", steps=3, force=True)
+    assert [r["step"] for r in read_records(copy)] == [0, 3]
+    assert (copy / "notes.txt").read_text() == "mine"
