@@ -68,6 +68,9 @@ _TASK_FLAGS = (
      "steps between IRE mask refreshes (default 10)"),
     ("optimizer hyperparameters", "--start-step", int, "N",
      "step from which IRE amplifies (default 0)"),
+    ("optimizer hyperparameters", "--sam-perturbation", str, "MODE",
+     "under torchrun, SAM's ascent from the global gradient (global, default) or from each "
+     "rank's own shard (per-replica)"),
     ("tracking", "--track-every", int, "K", "steps between tracked records (default 50)"),
     ("tracking", "--checkpoint-every", int, "K",
      "steps between checkpoints (default: every record)"),
@@ -186,11 +189,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # torch loads only now, so a mistyped flag is reported at once.
     from samhess.experiments.train import default_run_dir, run_experiment, torch_threads
 
+    from samhess.distributed import distributed_session, is_main_process
+
     out = Path(args.out) if args.out else default_run_dir(config)
-    with torch_threads(args.threads):
+    with distributed_session(), torch_threads(args.threads):
         result = run_experiment(config, out, resume=args.resume, force=args.force,
                                 quiet=args.quiet)
-    print(result.screen_summary())
+        if is_main_process():
+            print(result.screen_summary())
     return 0
 
 
@@ -203,13 +209,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             flags[key] = getattr(args, key)
     config = build_compare_config(_file_settings(args), flags)
     from samhess.experiments.compare import DEFAULT_COMPARE_DIR, run_compare
+    from samhess.distributed import distributed_session, is_main_process
     from samhess.experiments.train import torch_threads
 
     out = Path(args.out) if args.out else Path(DEFAULT_COMPARE_DIR)
-    with torch_threads(args.threads):
+    with distributed_session(), torch_threads(args.threads):
         result = run_compare(config, out, resume=args.resume, force=args.force,
                              quiet=args.quiet)
-    print(result.screen_summary())
+        if is_main_process():
+            print(result.screen_summary())
     return 0
 
 
@@ -231,6 +239,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speaks_for_the_job() -> bool:
+    """Under torchrun every rank meets the same error; rank 0 alone reports it."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samhess`` console script; returns the exit status."""
     parser = build_parser()
@@ -244,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"samhess: error: --threads {threads!r} is invalid: must be >= 1")
         return args.handler(args)
     except KeyboardInterrupt:
-        print("samhess: interrupted (continue with --resume)", file=sys.stderr)
+        if _speaks_for_the_job():
+            print("samhess: interrupted (continue with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (UsageError, ValueError, TypeError, OSError) as exc:
         if os.environ.get("SAMHESS_DEBUG"):
@@ -252,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _one_line(exc)
         if not message.startswith("samhess"):
             message = f"samhess: error: {message}"
-        print(message, file=sys.stderr)
+        if _speaks_for_the_job():
+            print(message, file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -49,11 +49,6 @@ def _as_tensor_list(name: str, values: object) -> tuple[list[torch.Tensor], bool
     return list(values), False
 
 
-def _sum_in_place(flat_buffers: list[torch.Tensor], group: dist.ProcessGroup | None) -> None:
-    for buffer in flat_buffers:
-        dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
-
-
 def _all_reduce_sum(
     tensors: list[torch.Tensor], group: dist.ProcessGroup | None
 ) -> list[torch.Tensor]:
@@ -66,7 +61,7 @@ def _all_reduce_sum(
         members = [tensors[i].detach() for i in indices]
         buffer = torch.cat([m.reshape(-1) for m in members])
         if is_distributed():
-            _sum_in_place([buffer], group)
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
         for i, chunk in zip(indices, torch.split(buffer, [m.numel() for m in members])):
             results[i] = chunk.view_as(tensors[i])
     return results  # type: ignore[return-value]

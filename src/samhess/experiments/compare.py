@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from samhess.distributed import on_main_process
 from samhess.experiments import runfiles
 from samhess.experiments.config import PRESENTATION_KEYS, CompareConfig
 from samhess.experiments.progress import progress_enabled
@@ -108,12 +109,14 @@ def run_compare(config: CompareConfig, out: str | Path, *, resume: bool = False,
     members = [(name, seed, config.run_config(name, seed))
                for name in config.optimizers for seed in range(config.seeds)]
     build_task(members[0][2])  # missing data files fail before the directory is claimed
-    _prepare_compare_dir(out, config, resume=resume, force=force)
+    # Under torchrun, rank 0 decides what the directory holds and every rank follows.
+    on_main_process(_prepare_compare_dir, out, config, resume=resume, force=force)
     total = len(members)
     show = progress_enabled(quiet)
     for index, (name, seed, run_config) in enumerate(members, start=1):
         run_dir = run_dir_of(out, name, seed)
         desc = f"[{index}/{total}] {name} seed {seed}"
-        run_experiment(run_config, run_dir, resume=resume and runfiles.holds_run(run_dir),
-                       quiet=not show, progress_desc=desc, write_report=False)
-    return CompareResult(out=out, report=build_report(out))
+        continuing = resume and on_main_process(runfiles.holds_run, run_dir)
+        run_experiment(run_config, run_dir, resume=continuing, quiet=not show,
+                       progress_desc=desc, write_report=False)
+    return CompareResult(out=out, report=on_main_process(build_report, out))

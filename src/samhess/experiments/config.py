@@ -47,6 +47,10 @@ OPTIMIZER_NAMES: tuple[str, ...] = (
 IRE over SGD, IRE over SAM, AdamW, and IRE over AdamW (AdmIRE)."""
 
 DTYPE_NAMES: tuple[str, ...] = ("float32", "float64")
+#: Where SAM's ascent comes from when the global batch is split across ranks (torchrun): the
+#: global gradient (the single-process step on the whole batch) or each rank's own shard
+#: (per-replica perturbations, m-sharpness). One process: the same step either way.
+SAM_PERTURBATIONS: tuple[str, ...] = ("global", "per-replica")
 DEVICE_NAMES: tuple[str, ...] = ("cpu", "cuda", "auto")
 
 #: Learning rate used when none is given: Adam-type optimizers want a much smaller one.
@@ -104,6 +108,10 @@ class RunConfig:
             quadrature).
         density_lanczos_steps: Lanczos steps per probe of the spectral density.
         tensorboard: also write TensorBoard event files.
+        sam_perturbation: under ``torchrun``, ``"global"`` (SAM's ascent from the global
+            gradient: the single-process step on the whole batch) or ``"per-replica"`` (each
+            rank's ascent from its own shard's gradient, the first pass inside DDP's
+            ``no_sync``); see ``docs/distributed.md``.
     """
 
     optimizer: str = "sgd"
@@ -133,6 +141,7 @@ class RunConfig:
     density_probes: int = 2
     density_lanczos_steps: int = 30
     tensorboard: bool = False
+    sam_perturbation: str = "global"
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON data (tuples become lists)."""
@@ -211,6 +220,7 @@ _KEY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "density_probes": _INT,
     "density_lanczos_steps": _INT,
     "tensorboard": _BOOL,
+    "sam_perturbation": _STR,
 }
 _NULLABLE = {"model", "lr", "rho", "checkpoint_every", "eval_examples", "data_dir"}
 assert set(_KEY_TYPES) == set(_FIELDS), "every RunConfig field needs a declared type"
@@ -279,6 +289,8 @@ def _check_value(key: str, value: object, source: str) -> object:
         _check_named(key, value, DTYPE_NAMES, source)
     if key == "device":
         _check_named(key, value, DEVICE_NAMES, source)
+    if key == "sam_perturbation":
+        _check_named(key, value, SAM_PERTURBATIONS, source)
     if key == "dataset":
         from samhess.experiments.data import DATASET_NAMES
 

@@ -111,6 +111,17 @@ def refresh_ire_mask(optimizer: Any, model: nn.Module, loss_fn: Callable, batch:
                      generator: torch.Generator | None) -> bool:
     """Give an IRE optimizer a new Fisher-diagonal estimate when it asks for one.
 
+    Under ``torch.distributed`` each rank estimates on its shard of ``batch`` and the estimates
+    are averaged over the ranks, weighted by shard sizes
+    (:class:`samhess.distributed.ShardedData`), so every rank selects the same mask. Each rank
+    then draws its sampled labels from its own generator, seeded from one draw of ``generator``:
+    that draw keeps ``generator`` in the same state on every rank, which is what lets rank 0's
+    checkpoint restore all of them.
+
+    Args:
+        model: the unwrapped model (not its DistributedDataParallel wrapper).
+        batch: the global batch.
+
     Returns:
         Whether the mask was refreshed.
     """
@@ -119,20 +130,42 @@ def refresh_ire_mask(optimizer: Any, model: nn.Module, loss_fn: Callable, batch:
     if not isinstance(optimizer, IRE) or not optimizer.needs_refresh():
         return False
     from samhess.curvature import fisher_diagonal
+    from samhess.distributed import ShardedData, get_rank, get_world_size, shard_batch
 
-    diag = fisher_diagonal(model, loss_fn, batch, params=optimizer_parameters(optimizer),
+    data: Any = batch
+    if get_world_size() > 1:
+        shard = shard_batch(*batch)
+        data = ShardedData((shard.inputs, shard.targets))
+        if generator is not None:
+            generator = _rank_generator(generator, get_rank())
+    diag = fisher_diagonal(model, loss_fn, data, params=optimizer_parameters(optimizer),
                            generator=generator)
     optimizer.update_mask(diag)
     return True
 
 
+def _rank_generator(shared: torch.Generator, rank: int) -> torch.Generator:
+    """A generator for this rank, seeded by one draw from ``shared`` and the rank."""
+    import numpy as np
+
+    draw = int(torch.randint(0, 2**62, (1,), generator=shared, device=shared.device))
+    seed = int(np.random.SeedSequence([draw, rank]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator(device=shared.device).manual_seed(seed % 2**63)
+
+
 def training_step(optimizer: Any, model: nn.Module, loss_fn: Callable, batch: tuple,
-                  *, generator: torch.Generator | None = None) -> float:
+                  *, generator: torch.Generator | None = None,
+                  train_model: nn.Module | None = None, per_replica: bool = False) -> float:
     """One optimizer step on ``batch`` for any optimizer :func:`build_optimizer` makes.
 
     SGD/AdamW: one forward-backward pass and ``step()``. SAM kinds: the gradient at w,
     ``first_step`` to w + e, the gradient at w + e with BatchNorm statistics frozen,
-    ``second_step``. IRE kinds: the mask refresh first (when due), then the base kind's step.
+    ``second_step`` (:func:`samhess.distributed.sam_step`). IRE kinds: the mask refresh first
+    (when due), then the base kind's step.
+
+    Under ``torch.distributed``, ``batch`` is the global batch: each rank takes its contiguous
+    shard, its loss is scaled so that DistributedDataParallel's gradient average is the global
+    batch's gradient, and the returned loss is the global batch's.
 
     Args:
         optimizer: from :func:`build_optimizer`.
@@ -140,23 +173,28 @@ def training_step(optimizer: Any, model: nn.Module, loss_fn: Callable, batch: tu
         loss_fn: ``loss_fn(outputs, targets)`` -> mean loss.
         batch: ``(inputs, targets)``.
         generator: the source of the sampled labels of IRE's Fisher estimate.
+        train_model: what the training passes run through: ``model``'s DistributedDataParallel
+            wrapper under torch.distributed (default ``model``).
+        per_replica: SAM's ascent from each rank's own shard (first pass inside ``no_sync``)
+            instead of the global gradient.
 
     Returns:
         The loss at w (before the step), as a float.
     """
-    from samhess.optim import disable_running_stats
+    from samhess.distributed import get_world_size, sam_step, shard_batch, weighted_mean_over_ranks
 
-    inputs, targets = batch
+    train_model = model if train_model is None else train_model
     refresh_ire_mask(optimizer, model, loss_fn, batch, generator)
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(inputs), targets)
-    loss.backward()
+    shard = shard_batch(*batch)
     if is_two_pass(optimizer):
-        optimizer.first_step(zero_grad=True)
-        with disable_running_stats(model):
-            loss_fn(model(inputs), targets).backward()
-        optimizer.second_step(zero_grad=True)
+        loss = sam_step(train_model, optimizer, loss_fn, shard.inputs, shard.targets,
+                        per_replica=per_replica, loss_scale=shard.loss_scale)
     else:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(train_model(shard.inputs), shard.targets)
+        (loss if shard.loss_scale == 1.0 else loss * shard.loss_scale).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    if get_world_size() > 1:
+        loss = weighted_mean_over_ranks(loss.detach(), shard.size)
     return float(loss.detach())

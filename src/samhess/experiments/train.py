@@ -15,6 +15,15 @@ reproducible and resumable:
   that never stopped.
 * Wall-clock time is kept out of ``metrics.jsonl`` (in ``timing.json``), so two runs with one
   seed write identical metrics on CPU.
+
+Under ``torchrun`` (``torch.distributed`` initialized by the command line) the training passes
+run through DistributedDataParallel and every rank takes its contiguous shard of each global
+batch (:func:`samhess.experiments.optimizers.training_step`): with SAM's default global
+perturbation, N processes take the steps one process takes on the same batches. Every rank
+measures the records (the same numbers); rank 0 alone writes files, and decides, once for all,
+what to do with the output directory and what the checkpoint holds
+(:func:`samhess.distributed.on_main_process`). A checkpoint records the number of processes, and
+training resumes only with the same number.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from samhess.distributed import get_world_size, is_main_process, on_main_process
 from samhess.experiments import runfiles
 from samhess.experiments.config import PRESENTATION_KEYS, RunConfig
 from samhess.experiments.optimizers import build_optimizer, refresh_ire_mask, training_step
@@ -82,11 +92,17 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` (must be available) or ``auto`` (CUDA where available)."""
+    """``cpu``, ``cuda`` (must be available) or ``auto`` (CUDA where available).
+
+    Under torch.distributed, ``cuda`` is this process's GPU (``LOCAL_RANK``, selected when the
+    process group was joined).
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device 'cuda' is invalid: no CUDA device is available here")
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 
@@ -217,13 +233,21 @@ def _checkpoint(task: Task, state: RunState) -> dict[str, Any]:
         "optimizer": task.optimizer.state_dict(),
         "rng": _rng_state(task),
         "state": dataclasses.asdict(state),
+        "world_size": get_world_size(),
     }
 
 
-def _restore(task: Task, checkpoint: dict[str, Any], path: Path) -> RunState:
+def _restore(task: Task, checkpoint: dict[str, Any], path: Path, *,
+             continue_training: bool = True) -> RunState:
     try:
         if checkpoint["config"] != task.config.identity():
             raise ValueError(f"checkpoint {path} belongs to a different configuration")
+        written_by = checkpoint.get("world_size", 1)
+        # the shards, and so the steps, depend on the number of processes; a model does not
+        if continue_training and written_by != get_world_size():
+            raise ValueError(
+                f"checkpoint {path} was written by {written_by} process(es) and this run has "
+                f"{get_world_size()}; resume with the same number (torchrun --nproc-per-node)")
         task.model.load_state_dict(checkpoint["model"])
         task.optimizer.load_state_dict(checkpoint["optimizer"])
         _set_rng_state(task, checkpoint["rng"])
@@ -349,16 +373,17 @@ def run_experiment(config: RunConfig, out: str | Path, *, resume: bool = False,
     from samhess.experiments.report import build_report
 
     out = Path(out)
-    decision = inspect_run_dir(out, config, resume=resume, force=force)
+    decision = on_main_process(inspect_run_dir, out, config, resume=resume, force=force)
     task = build_task(config)  # bad data or model settings fail before the directory is claimed
-    claim_run_dir(out, config, decision)
+    on_main_process(claim_run_dir, out, config, decision)
     continuing = decision == "continue"
     log = MetricsLog(out / METRICS_FILE)
     state = RunState()
     resumed_from = None
     checkpoint_path = out / CHECKPOINT_FILE
-    if continuing and checkpoint_path.exists():
-        state = _restore(task, runfiles.load_checkpoint(checkpoint_path), checkpoint_path)
+    stored = on_main_process(_read_checkpoint, checkpoint_path) if continuing else None
+    if stored is not None:
+        state = _restore(task, stored, checkpoint_path)
         log.truncate(state.records)
         resumed_from = state.step
     else:
@@ -368,6 +393,7 @@ def run_experiment(config: RunConfig, out: str | Path, *, resume: bool = False,
         np.random.seed(config.seed % 2**32)
     writer = _tensorboard_writer(out, config, resumed_from)
     order = _BatchOrder(task)
+    train_model = _data_parallel(task.model)
 
     def record() -> None:
         started = time.perf_counter()
@@ -395,13 +421,15 @@ def run_experiment(config: RunConfig, out: str | Path, *, resume: bool = False,
         checkpoint()
     bar = progress_bar(total=config.steps, initial=state.step,
                        desc=progress_desc or f"{config.optimizer} seed {config.seed}",
-                       enabled=progress_enabled(quiet), unit="step")
+                       enabled=progress_enabled(quiet) and is_main_process(), unit="step")
     try:
         task.model.train()
         while state.step < config.steps:
             started = time.perf_counter()
             loss = training_step(task.optimizer, task.model, task.loss_fn,
-                                 order.batch(state.step), generator=task.label_generator)
+                                 order.batch(state.step), generator=task.label_generator,
+                                 train_model=train_model,
+                                 per_replica=config.sam_perturbation == "per-replica")
             state.train_seconds += time.perf_counter() - started
             if not np.isfinite(loss):
                 raise ValueError(f"training diverged at step {state.step} of the "
@@ -425,11 +453,29 @@ def run_experiment(config: RunConfig, out: str | Path, *, resume: bool = False,
     if resumed_from != config.steps or not analysis_path.exists():
         analyze_final_model(out, task, step=state.step)
     if write_report:
-        report = build_report(out)
+        report = on_main_process(build_report, out)
         return RunResult(out=out, summary=report.summary, report_path=report.html_path,
                          resumed_from=resumed_from)
     return RunResult(out=out, summary={}, report_path=out / "report.html",
                      resumed_from=resumed_from)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or ``None`` when the run stopped before writing one."""
+    return runfiles.load_checkpoint(path) if path.exists() else None
+
+
+def _data_parallel(model: nn.Module) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel when this process is one of several.
+
+    Only the training passes go through the wrapper; records, curvature and checkpoints use
+    ``model`` itself, whose parameters the wrapper shares.
+    """
+    if get_world_size() == 1:
+        return model
+    device = next(model.parameters()).device
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _write_timing(out: Path, state: RunState) -> None:
@@ -453,7 +499,7 @@ def load_trained_task(run_dir: Path) -> tuple[Task, int]:
     config = RunConfig.from_dict(stored)
     task = build_task(config)
     path = run_dir / CHECKPOINT_FILE
-    state = _restore(task, runfiles.load_checkpoint(path), path)
+    state = _restore(task, runfiles.load_checkpoint(path), path, continue_training=False)
     return task, state.step
 
 
