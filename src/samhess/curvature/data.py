@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from samhess.distributed.collectives import sum_over_shards
+from samhess.distributed.collectives import ShardedData, sum_over_shards
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -35,6 +35,11 @@ def is_single_batch(data: Any) -> bool:
         and len(data) == 2
         and all(isinstance(item, torch.Tensor) for item in data)
     )
+
+
+def holds_single_batch(data: Any) -> bool:
+    """Whether ``data``, or this rank's part of it when it is a ``ShardedData``, is one batch."""
+    return is_single_batch(data.data if isinstance(data, ShardedData) else data)
 
 
 def check_data(data: Any) -> None:

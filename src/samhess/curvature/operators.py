@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from samhess.curvature.data import check_data, is_single_batch, mean_over_data
+from samhess.curvature.data import check_data, holds_single_batch, mean_over_data
 from samhess.curvature.vectors import flatten, trainable_parameters, unflatten
 
 
@@ -205,7 +205,7 @@ class CurvatureOperator:
         The cache is dropped when a parameter, buffer or the batch changes in place (their
         version counters move), so an operator built before a training step stays correct.
         """
-        if not (self.cache_graph and is_single_batch(self.data)):
+        if not (self.cache_graph and holds_single_batch(self.data)):
             return self._prepare(inputs, targets)
         key = self._version_key(inputs, targets)
         if self._cached_key != key:
