@@ -14,48 +14,10 @@ This package sits below :mod:`samhess.optim` and :mod:`samhess.curvature`: at im
 only torch (``sam_step`` imports ``samhess.optim`` when called). See ``docs/distributed.md``.
 """
 
-from samhess.distributed.collectives import (
-    ShardedData,
-    on_main_process,
-    sum_over_ranks,
-    sum_over_shards,
-    weighted_mean_over_ranks,
-)
-from samhess.distributed.process import (
-    barrier,
-    distributed_session,
-    get_rank,
-    get_world_size,
-    init_distributed,
-    is_distributed,
-    is_main_process,
-    launched_by_torchrun,
-    local_device,
-    shutdown_distributed,
-)
-from samhess.distributed.sam import ascent_pass, sam_step
-from samhess.distributed.sharding import Shard, shard_batch, shard_bounds, shard_range
+from samhess.distributed import collectives, process, sam, sharding
+from samhess.distributed.collectives import *  # noqa: F403
+from samhess.distributed.process import *  # noqa: F403
+from samhess.distributed.sam import *  # noqa: F403
+from samhess.distributed.sharding import *  # noqa: F403
 
-__all__ = [
-    "init_distributed",
-    "shutdown_distributed",
-    "distributed_session",
-    "is_distributed",
-    "get_rank",
-    "get_world_size",
-    "is_main_process",
-    "barrier",
-    "launched_by_torchrun",
-    "local_device",
-    "Shard",
-    "shard_bounds",
-    "shard_range",
-    "shard_batch",
-    "sum_over_ranks",
-    "weighted_mean_over_ranks",
-    "ShardedData",
-    "sum_over_shards",
-    "on_main_process",
-    "ascent_pass",
-    "sam_step",
-]
+__all__ = [*process.__all__, *sharding.__all__, *collectives.__all__, *sam.__all__]

@@ -18,8 +18,8 @@ to disk (``fsync``), then renamed over the old one with ``os.replace``, which PO
 resume the log is cut back to the records the checkpoint had seen, so a record written after
 the last checkpoint (or half-written by a kill) is dropped and computed again.
 
-Every write goes through :func:`is_main_process`, the one place that will decide, once runs are
-distributed, which rank writes.
+Every write goes through :func:`samhess.distributed.is_main_process`: under torchrun only rank 0
+writes.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from samhess.distributed import is_main_process
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 TIMING_FILE = "timing.json"
@@ -48,13 +50,6 @@ RUN_OUTPUTS = (
     CONFIG_FILE, METRICS_FILE, TIMING_FILE, CHECKPOINT_FILE, SUMMARY_FILE,
     "report.md", "report.html", "analysis", "plots", "tensorboard",
 )
-
-
-def is_main_process() -> bool:
-    """Whether this process writes run files: always, unless it is a non-zero distributed rank."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return True
 
 
 def _umask() -> int:
