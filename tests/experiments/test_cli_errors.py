@@ -111,3 +111,103 @@ def test_corrupt_checkpoint_exits_2(tiny_run, tmp_path):
     result = run_cli(["run", "--optimizer", "sam-ire", "--out", str(copy), "--resume",
                       *tiny_cli_args()], tmp_path)
     assert_one_line_error(result, "checkpoint.pt is corrupt")
+
+
+def _synthetic_mlp_parameters() -> int:
+    from samhess.experiments.data import load_dataset
+    from samhess.experiments.models import build_model
+
+    model = build_model("mlp", load_dataset("synthetic"), seed=0)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_top_k_beyond_the_model_fails_before_the_directory_is_claimed(tmp_path, capsys):
+    args = ["run", "--optimizer", "sgd", "--dataset", "synthetic", "--quiet", *tiny_cli_args()]
+    dim = _synthetic_mlp_parameters()
+    absent, empty = tmp_path / "absent", tmp_path / "empty"
+    empty.mkdir()
+    for out in (absent, empty):
+        assert main([*args, "--top-k", str(dim + 23), "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"samhess: error: --top-k {dim + 23} is invalid: it must be smaller than the number "
+            f"of trainable parameters of the 'mlp' model, {dim}")
+    assert not absent.exists() and list(empty.iterdir()) == []
+    # The corrected command then runs in the same directory.
+    assert main([*args, "--out", str(absent)]) == 0
+    assert len((absent / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_run_failing_before_its_first_record_takes_back_its_files(tmp_path, monkeypatch,
+                                                                    capsys):
+    import samhess.experiments.train as train
+
+    def fail(*args, **kwargs):
+        raise ValueError("the first record failed")
+
+    monkeypatch.setattr(train, "measure_record", fail)
+    args = ["run", "--optimizer", "sgd", "--quiet", *tiny_cli_args()]
+    absent, used = tmp_path / "absent", tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("the user's")
+    for out in (absent, used):
+        assert main([*args, "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == "samhess: error: the first record failed"
+    assert not absent.exists()
+    assert [p.name for p in used.iterdir()] == ["notes.txt"]
+
+
+def test_a_comparison_failing_at_its_first_record_leaves_no_directory(tmp_path, monkeypatch,
+                                                                     capsys):
+    import samhess.experiments.train as train
+
+    def fail(*args, **kwargs):
+        raise ValueError("the first record failed")
+
+    monkeypatch.setattr(train, "measure_record", fail)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--optimizers", "sgd,sam", "--seeds", "1", "--out", str(out),
+                 "--quiet", *tiny_cli_args()]) == 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist", "text"])
+def test_file_data_sets_without_data_dir_name_the_flag(tmp_path, monkeypatch, capsys, dataset):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--optimizer", "sgd", "--dataset", dataset, *tiny_cli_args()]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"samhess: error: dataset {dataset!r} is read from local files: "
+                           "pass --data-dir, ")
+    assert "data_dir" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_data_dir_that_does_not_exist_is_named(tmp_path, capsys):
+    nowhere = tmp_path / "nowhere"
+    assert main(["run", "--optimizer", "sgd", "--dataset", "cifar10", "--data-dir", str(nowhere),
+                 "--out", str(tmp_path / "out"), *tiny_cli_args()]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"samhess: error: dataset 'cifar10': --data-dir directory does not exist: {nowhere}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_without_a_run_says_a_fresh_one_starts(tmp_path, capsys):
+    out = tmp_path / "mistyped"
+    assert main(["run", "--optimizer", "sgd", "--out", str(out), "--resume", "--quiet",
+                 *tiny_cli_args()]) == 0
+    assert capsys.readouterr().err.strip() == (
+        f"samhess: no run found in {out}; starting a fresh one")
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_out_from_the_config_file_and_the_flag_overriding_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("optimizer: sgd\nout: from-file\n")
+    args = ["run", "--config", "run.yaml", "--quiet", *tiny_cli_args(steps=2, track_every=2)]
+    assert main(args) == 0
+    assert (tmp_path / "from-file" / "metrics.jsonl").exists()
+    assert main([*args, "--out", "from-flag"]) == 0
+    assert (tmp_path / "from-flag" / "metrics.jsonl").exists()
+    (tmp_path / "bad.toml").write_text("optimizer = 'sgd'\nout = 3\n")
+    assert main(["run", "--config", "bad.toml"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "config file: out = 3 has the wrong type: expected a directory name")

@@ -135,3 +135,35 @@ def test_compare_refuses_per_run_keys():
 def test_config_round_trips_through_its_dict():
     config = build_run_config({}, {"optimizer": "sam-ire", "kappa": 3.0})
     assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_yaml_reads_exponent_numbers_as_floats(tmp_path):
+    # YAML 1.1 (PyYAML's default) would leave 1e-2 and 5E-3 strings; YAML 1.2 and TOML do not.
+    path = tmp_path / "run.yaml"
+    path.write_text("optimizer: admire\nlr: 1e-2\nrho: 5E-3\nkappa: 1.0e+1\nweight_decay: 1e0\n"
+                    "dataset: digits\n")
+    values = read_config_file(path)
+    assert values["lr"] == 0.01 and values["rho"] == 0.005 and values["kappa"] == 10.0
+    assert values["weight_decay"] == 1.0 and values["dataset"] == "digits"
+    config = build_run_config(values, {})
+    assert (config.lr, config.rho, config.kappa) == (0.01, 0.005, 10.0)
+    toml = tmp_path / "run.toml"
+    toml.write_text('optimizer = "admire"\nlr = 1e-2\nrho = 5E-3\nkappa = 1.0e+1\n'
+                    'weight_decay = 1e0\ndataset = "digits"\n')
+    assert build_run_config(read_config_file(toml), {}) == config
+
+
+def test_tracking_defaults_follow_the_task():
+    # 4096 tokens of 64-character sequences for the language model; fewer examples and trace
+    # products for the large models; the original budget for the small ones; flags win.
+    chars = build_run_config({}, {"optimizer": "admire", "dataset": "chars"})
+    assert (chars.tracking_batch_size, chars.trace_matvecs) == (4096 // 64, 15)
+    digits = build_run_config({}, {"optimizer": "sgd"})
+    assert (digits.tracking_batch_size, digits.trace_matvecs) == (256, 30)
+    vit = build_run_config({}, {"optimizer": "sgd", "dataset": "cifar10", "model": "vit"})
+    assert (vit.tracking_batch_size, vit.trace_matvecs) == (64, 15)
+    given = build_run_config({}, {"optimizer": "sgd", "dataset": "chars",
+                                  "tracking_batch_size": 8, "trace_matvecs": 9})
+    assert (given.tracking_batch_size, given.trace_matvecs) == (8, 9)
+    compare = build_compare_config({}, {"dataset": "chars", "optimizers": "adamw,admire"})
+    assert compare.run_config("admire", 0).tracking_batch_size == 64

@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 from samhess.cli import main
-from samhess.experiments.report import SUMMARY_KEYS, Claim, evaluate_claims
+from samhess.experiments.report import (
+    SUMMARY_KEYS,
+    Claim,
+    evaluate_claims,
+    steps_to_base_final_loss,
+)
 
 from .conftest import TINY_RUN_FLAGS, tiny_cli_args
 
@@ -51,6 +56,16 @@ def test_compare_writes_runs_summary_and_claims(tiny_compare, capsys):
     assert [c["claim"].split()[0] for c in claims] == ["SAM", "IRE", "SAM"]
     sam_ratio = summary["sam"]["sharp_flat_gain_ratio"]["mean"]
     assert claims[0]["holds"] == (sam_ratio > 1)
+    # IRE is judged against its base optimizer's step: the median of the records' vs-base ratio.
+    medians = [statistics.median(
+        json.loads(line)["gain_ratio_vs_base"] for line in
+        (tiny_compare / "ire" / f"seed-{seed}" / "metrics.jsonl").read_text().splitlines()[1:])
+        for seed in (0, 1)]
+    ire_vs_base = summary["ire"]["ire_sharp_flat_gain_ratio_vs_base"]["mean"]
+    assert ire_vs_base == pytest.approx(statistics.mean(medians), rel=1e-12)
+    assert summary["sgd"]["ire_sharp_flat_gain_ratio_vs_base"]["mean"] is None
+    assert "relative to its base optimizer SGD" in claims[1]["claim"]
+    assert claims[1]["holds"] == (ire_vs_base < 1)
     assert claims[2]["holds"] == (summary["sam"]["lambda_max"]["mean"]
                                   < summary["sgd"]["lambda_max"]["mean"])
     markdown = (tiny_compare / "report.md").read_text()
@@ -153,18 +168,74 @@ def test_compare_resume_keeps_finished_runs(tiny_compare, tmp_path, capsys):
     assert without_timing(copy / "summary.json") == without_timing(tiny_compare / "summary.json")
 
 
-def _entry(ratio, lambda_max):
+def _entry(ratio, lambda_max, vs_base=None):
     stat = lambda value: {"mean": value, "std": 0.0}  # noqa: E731
-    return {"sharp_flat_gain_ratio": stat(ratio), "lambda_max": stat(lambda_max)}
+    return {"sharp_flat_gain_ratio": stat(ratio), "lambda_max": stat(lambda_max),
+            "ire_sharp_flat_gain_ratio_vs_base": stat(vs_base)}
 
 
 def test_claims_say_plainly_when_they_fail():
-    summary = {"sgd": _entry(1.0, 5.0), "sam": _entry(0.9, 6.0), "ire": _entry(0.7, 4.0)}
+    summary = {"sgd": _entry(1.0, 5.0), "sam": _entry(0.9, 6.0), "ire": _entry(0.7, 4.0, 0.7),
+               "sam-ire": _entry(1.3, 4.0, 0.8), "adamw": _entry(0.18, 3.0),
+               "admire": _entry(0.29, 3.0, 1.6)}
     claims = evaluate_claims(summary, {name: [] for name in summary})
-    assert [c.holds for c in claims] == [False, True, False]
+    assert [c.claim.split()[0] for c in claims] == ["SAM", "IRE", "SAM-IRE", "AdmIRE", "SAM"]
+    # Each IRE kind is judged on its ratio against its own base's step, not the gradient
+    # step: SAM-IRE holds at 0.8 although 1.3 against the gradient; AdmIRE fails at 1.6 although
+    # Adam's scaling puts it at 0.29 against the gradient step.
+    assert [c.holds for c in claims] == [False, True, True, False, False]
     assert claims[0].line().startswith("DOES NOT HOLD: SAM accelerates sharp directions")
-    assert "6.000 (SAM) vs 5.000 (SGD)" in claims[2].evidence
+    assert claims[3].line().startswith("DOES NOT HOLD: AdmIRE accelerates flat directions more "
+                                       "than sharp ones, relative to its base optimizer AdamW")
+    assert "AdmIRE's ratio against AdamW's step is 1.600" in claims[3].evidence
+    assert "against a plain gradient step it is 0.290" in claims[3].evidence
+    assert "6.000 (SAM) vs 5.000 (SGD)" in claims[4].evidence
     assert Claim("x", None, "no data").line().startswith("UNDECIDED")
+
+
+def _records(*pairs):
+    return [{"step": step, "train_loss": loss} for step, loss in pairs]
+
+
+def test_steps_to_base_final_loss_on_hand_built_records():
+    # Base (2 seeds) ends at step 300 with losses 0.50 and 0.30: target 0.40.
+    base = [_records((0, 2.0), (150, 0.9), (300, 0.5)), _records((0, 2.0), (150, 0.8), (300, 0.3))]
+    # Variant means: step 100 -> 0.45, step 200 -> 0.40 (<= 0.40: reached), step 300 -> 0.2.
+    # At step 50 one seed is at 0.1, but the other did not record it: not a common step.
+    variant = [_records((0, 2.0), (50, 0.1), (100, 0.5), (200, 0.35), (300, 0.2)),
+               _records((0, 2.0), (100, 0.4), (200, 0.45), (300, 0.2))]
+    assert steps_to_base_final_loss(variant, base) == {
+        "base_final_train_loss": pytest.approx(0.4), "base_steps": 300, "steps": 200,
+        "speedup": 1.5}
+    slower = [_records((0, 2.0), (300, 0.41))]
+    assert steps_to_base_final_loss(slower, base) == {
+        "base_final_train_loss": pytest.approx(0.4), "base_steps": 300, "steps": None,
+        "speedup": None}
+    # Already below the target at its first record: step 0, and no finite speed-up.
+    started_below = steps_to_base_final_loss([_records((0, 0.3), (300, 0.1))], base)
+    assert (started_below["steps"], started_below["speedup"]) == (0, None)
+
+
+def test_compare_reports_steps_to_the_base_final_loss(tiny_compare):
+    summary = json.loads((tiny_compare / "summary.json").read_text())
+    runs = {name: [[json.loads(line) for line in
+                    (tiny_compare / name / f"seed-{seed}" / "metrics.jsonl").read_text()
+                    .splitlines()] for seed in (0, 1)] for name in ("sgd", "ire")}
+    target = statistics.mean(seed[-1]["train_loss"] for seed in runs["sgd"])
+    steps = [record["step"] for record in runs["ire"][0]]
+    means = [statistics.mean(seed[i]["train_loss"] for seed in runs["ire"])
+             for i in range(len(steps))]
+    expected = next((step for step, mean in zip(steps, means) if mean <= target), None)
+    entry = summary["ire"]["steps_to_base_final_loss"]
+    assert entry["base"] == "sgd" and entry["base_steps"] == 4
+    assert entry["base_final_train_loss"] == pytest.approx(target, rel=1e-12)
+    assert entry["steps"] == expected
+    assert entry["speedup"] == (4 / expected if expected else None)
+    assert "steps_to_base_final_loss" not in summary["sgd"]
+    markdown = (tiny_compare / "report.md").read_text()
+    assert "## Does IRE reach its base optimizer's loss in fewer steps?" in markdown
+    assert ("IRE reached SGD's final train loss" in markdown
+            or "IRE did not reach SGD's final train loss" in markdown)
 
 
 def test_single_run_report_rebuilds_identically(tiny_run, tmp_path):

@@ -56,8 +56,17 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
     assert loaded["step"] == 7 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="is corrupt"):
+    with pytest.raises(ValueError, match="is corrupt") as info:
         load_checkpoint(path)
+    # One complete sentence from torch (what failed), not its advice cut off mid-sentence.
+    assert str(info.value) == (
+        f"checkpoint {path} is corrupt (RuntimeError: PytorchStreamReader failed reading zip "
+        "archive: failed finding central directory); start the run again with --force")
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path} is corrupt (UnpicklingError: Weights only "
+                               "load failed); start the run again with --force")
     torch.save({"step": 1}, path)
     with pytest.raises(ValueError, match="is not a samhess checkpoint"):
         load_checkpoint(path)

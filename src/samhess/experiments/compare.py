@@ -5,17 +5,19 @@ optimizer and seed (``DIR/<optimizer>/seed-<s>/``, each a complete ``samhess run
 and the report of :mod:`samhess.experiments.report` over all of them.
 
 With no arguments this is the project's main job: scikit-learn's digits (shipped with
-scikit-learn, no network), an MLP, SGD, SAM, IRE and SAM-IRE, three seeds of 1000 steps, about a
-minute on a 2-core CPU. Its report says whether the seed note's claims hold on that task.
+scikit-learn, no network), an MLP, SGD, SAM, IRE and SAM-IRE, three seeds of 1000 steps, about
+30 seconds on a 2-core CPU. Its report says whether the seed note's claims hold on that task.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from samhess.distributed import on_main_process
+from samhess.distributed import is_main_process, on_main_process
 from samhess.experiments import runfiles
 from samhess.experiments.config import PRESENTATION_KEYS, CompareConfig
 from samhess.experiments.progress import progress_enabled
@@ -98,7 +100,9 @@ def run_compare(config: CompareConfig, out: str | Path, *, resume: bool = False,
     """Run every optimizer and seed of ``config`` into ``out`` and write the report.
 
     With ``resume``, finished member runs are kept, an interrupted one continues from its
-    checkpoint and the rest start.
+    checkpoint and the rest start; with ``resume`` and no comparison in ``out``, one line on
+    stderr says a fresh one starts. A new comparison whose first run fails before its first
+    record leaves ``out`` as it found it.
 
     Raises:
         ValueError: bad settings, missing data, or ``out`` holding something else without
@@ -108,15 +112,42 @@ def run_compare(config: CompareConfig, out: str | Path, *, resume: bool = False,
     # Check every member's settings and the data before claiming the directory.
     members = [(name, seed, config.run_config(name, seed))
                for name in config.optimizers for seed in range(config.seeds)]
-    build_task(members[0][2])  # missing data files fail before the directory is claimed
+    # Missing data files and settings the model cannot meet (--top-k) fail before the
+    # directory is claimed; the members share the data and the model.
+    build_task(members[0][2])
+    fresh = not on_main_process(runfiles.holds_run, out)
+    if resume and fresh and is_main_process():
+        print(f"samhess: no comparison found in {out}; starting a fresh one", file=sys.stderr)
+    created = fresh and not on_main_process(out.exists)
     # Under torchrun, rank 0 decides what the directory holds and every rank follows.
     on_main_process(_prepare_compare_dir, out, config, resume=resume, force=force)
     total = len(members)
     show = progress_enabled(quiet)
-    for index, (name, seed, run_config) in enumerate(members, start=1):
-        run_dir = run_dir_of(out, name, seed)
-        desc = f"[{index}/{total}] {name} seed {seed}"
-        continuing = resume and on_main_process(runfiles.holds_run, run_dir)
-        run_experiment(run_config, run_dir, resume=continuing, quiet=not show,
-                       progress_desc=desc, write_report=False)
+    try:
+        for index, (name, seed, run_config) in enumerate(members, start=1):
+            run_dir = run_dir_of(out, name, seed)
+            desc = f"[{index}/{total}] {name} seed {seed}"
+            continuing = resume and on_main_process(runfiles.holds_run, run_dir)
+            run_experiment(run_config, run_dir, resume=continuing, quiet=not show,
+                           progress_desc=desc, write_report=False)
+    except BaseException:
+        # A new comparison whose first run failed before its first record (that run has
+        # removed its own files) leaves the directory as it found it.
+        if fresh:
+            _abandon_comparison(out, config, created)
+        raise
     return CompareResult(out=out, report=on_main_process(build_report, out))
+
+
+def _abandon_comparison(out: Path, config: CompareConfig, created: bool) -> None:
+    """Remove compare.json, the empty optimizer folders and ``out`` if created and empty, unless
+    some member run has started (holds files)."""
+    if not is_main_process():
+        return
+    if any(runfiles.holds_run(run_dir_of(out, name, seed))
+           for name in config.optimizers for seed in range(config.seeds)):
+        return
+    runfiles.remove_outputs(out, (COMPARE_FILE,))
+    for directory in [*(out / name for name in config.optimizers), *([out] if created else [])]:
+        with contextlib.suppress(OSError):  # only empty directories go
+            directory.rmdir()

@@ -38,6 +38,9 @@ DATASET_NAMES = tuple(_LOADERS)
 #: The data sets that need no files.
 EMBEDDED_DATASETS = ("digits", "mnist1d", "synthetic", "chars")
 
+#: The data sets whose examples are token sequences (character-level language modelling).
+LANGUAGE_MODEL_DATASETS = ("chars", "text")
+
 
 def dataset_options(name: str) -> dict[str, object]:
     """The options ``name`` accepts beyond ``data_dir`` and ``seed``, with their defaults."""
@@ -82,6 +85,7 @@ def load_dataset(name: str, *, data_dir=None, seed: int = 0, **options) -> TaskD
 __all__ = [
     "DATASET_NAMES",
     "EMBEDDED_DATASETS",
+    "LANGUAGE_MODEL_DATASETS",
     "TASK_KINDS",
     "TaskData",
     "dataset_options",

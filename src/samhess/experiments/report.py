@@ -6,10 +6,14 @@ directory:
 
 * ``summary.json``: for a comparison, each optimizer's name mapped to its entry; for one run,
   the entry itself. An entry holds ``final_train_loss``, ``test_accuracy``, ``lambda_max``,
-  ``hessian_trace``, ``sharp_flat_gain_ratio`` and ``seconds_per_step``, each as
-  ``{"mean": ..., "std": ...}`` over the seeds (sample standard deviation; 0.0 for one seed),
-  plus ``seeds`` and ``steps``. The values are those of the last record of each run, except
-  the gain ratio (median over the records after step 0) and the time (``timing.json``).
+  ``hessian_trace``, ``sharp_flat_gain_ratio``, ``ire_sharp_flat_gain_ratio_vs_base`` and
+  ``seconds_per_step``, each as ``{"mean": ..., "std": ...}`` over the seeds (sample standard
+  deviation; 0.0 for one seed; ``null`` where a run has no such value), plus ``seeds`` and
+  ``steps``. The values are those of the last record of each run, except the gain ratios
+  (median over the records after step 0) and the time (``timing.json``). In a comparison, the
+  entry of an IRE kind whose base optimizer was also run (``ire`` and ``sgd``, ``sam-ire`` and
+  ``sam``, ``admire`` and ``adamw``) also holds ``steps_to_base_final_loss``
+  (:func:`steps_to_base_final_loss`).
 * ``claims.json`` (comparisons): whether the seed note's claims hold on this task.
 * ``plots/*.png``: curves over training (losses, test accuracy, lambda_max, Tr H), gains
   against eigenvalue with the predicted line, Taylor error against rho, the final spectral
@@ -50,15 +54,26 @@ SUMMARY_KEYS: dict[str, str] = {
     "lambda_max": "lambda_max",
     "hessian_trace": "hessian_trace",
     "sharp_flat_gain_ratio": "gain_ratio",
+    "ire_sharp_flat_gain_ratio_vs_base": "gain_ratio_vs_base",
     "seconds_per_step": "seconds_per_step",
 }
+
+#: Record keys summarized by their median over the records after step 0 (one step's ratio
+#: varies from step to step; the median over the run is the steadier statement).
+_MEDIAN_KEYS = ("gain_ratio", "gain_ratio_vs_base")
+
+#: Each IRE kind and the optimizer it wraps (IRE's step is (I + kappa M) times its base's).
+IRE_BASES: dict[str, str] = {"ire": "sgd", "sam-ire": "sam", "admire": "adamw"}
+_LABELS = {"sgd": "SGD", "sam": "SAM", "usam": "USAM", "asam": "ASAM", "ire": "IRE",
+           "sam-ire": "SAM-IRE", "adamw": "AdamW", "admire": "AdmIRE"}
 
 _COLUMNS = (
     ("final_train_loss", "final train loss", "{:.4f}"),
     ("test_accuracy", "test accuracy", "{:.2%}"),
     ("lambda_max", "lambda_max", "{:.3f}"),
     ("hessian_trace", "Tr(H)", "{:.2f}"),
-    ("sharp_flat_gain_ratio", "sharp/flat gain", "{:.3f}"),
+    ("sharp_flat_gain_ratio", "sharp/flat vs grad step", "{:.3f}"),
+    ("ire_sharp_flat_gain_ratio_vs_base", "sharp/flat vs base", "{:.3f}"),
     ("seconds_per_step", "s/step", "{:.4f}"),
 )
 
@@ -122,37 +137,105 @@ def _mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
     return {"mean": mean, "std": std}
 
 
-def median_gain_ratio(run: RunFiles) -> float | None:
-    """The median sharp/flat gain ratio over a run's records after step 0.
+def median_gain_ratio(run: RunFiles, key: str = "gain_ratio") -> float | None:
+    """The median of a sharp/flat gain ratio (record ``key``) over a run's records after step 0.
 
     The ratio describes single steps and varies from one to the next; the median over the run
-    is the steadier statement (step 0, at initialization, is left out).
+    is the steadier statement (step 0, at initialization, is left out). ``None`` when no record
+    holds the key (``gain_ratio_vs_base`` of an optimizer without IRE, or an older run).
     """
-    values = [r["gain_ratio"] for r in run.records
-              if r["step"] > 0 and r.get("gain_ratio") is not None]
+    values = [r[key] for r in run.records if r["step"] > 0 and r.get(key) is not None]
     if not values:
-        values = [r["gain_ratio"] for r in run.records if r.get("gain_ratio") is not None]
+        values = [r[key] for r in run.records if r.get(key) is not None]
     return float(np.median(values)) if values else None
 
 
 def summary_entry(runs: Sequence[RunFiles]) -> dict[str, Any]:
     """One optimizer's entry of summary.json, over its seeds.
 
-    Every value is the last record's, except ``sharp_flat_gain_ratio`` (the median over the
-    records after step 0, :func:`median_gain_ratio`) and ``seconds_per_step`` (timing.json).
+    Every value is the last record's, except the gain ratios ``sharp_flat_gain_ratio`` and
+    ``ire_sharp_flat_gain_ratio_vs_base`` (the median over the records after step 0,
+    :func:`median_gain_ratio`) and ``seconds_per_step`` (timing.json).
     """
     entry: dict[str, Any] = {}
     for key, source in SUMMARY_KEYS.items():
         if source == "seconds_per_step":
             values = [(run.timing or {}).get("seconds_per_step") for run in runs]
-        elif source == "gain_ratio":
-            values = [median_gain_ratio(run) for run in runs]
+        elif source in _MEDIAN_KEYS:
+            values = [median_gain_ratio(run, source) for run in runs]
         else:
             values = [run.records[-1].get(source) for run in runs]
         entry[key] = _mean_std(values)
     entry["seeds"] = [run.seed for run in runs]
     entry["steps"] = [run.records[-1]["step"] for run in runs]
     return entry
+
+
+def steps_to_base_final_loss(variant: Sequence[Sequence[dict[str, Any]]],
+                             base: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
+    r"""How soon an IRE kind reaches the final train loss of its base optimizer.
+
+    The IRE paper (Wang et al., NeurIPS 2024) reports AdmIRE reaching AdamW's loss in about
+    half the steps on Llama pretraining. With :math:`L_\text{base}` the base's final train loss
+    (its last record, mean over seeds), :math:`T_\text{base}` the step of that record, and
+    :math:`\bar L(t)` the variant's train loss at tracked step :math:`t` (mean over its seeds,
+    at the steps every seed recorded), this is the first :math:`t` with
+    :math:`\bar L(t) \le L_\text{base}` and the speed-up :math:`T_\text{base} / t`. The answer is
+    only as fine as the tracking grid (``track_every``).
+
+    Args:
+        variant: the IRE kind's records, one list per seed (dicts with ``step`` and
+            ``train_loss``, as in metrics.jsonl).
+        base: its base optimizer's records, one list per seed.
+
+    Returns:
+        ``{"base_final_train_loss", "base_steps", "steps", "speedup"}``: ``steps`` is ``None``
+        when no tracked step reaches the base's final loss, and ``speedup`` is ``None`` then and
+        when the variant starts at or below it (``steps`` 0).
+    """
+    finals = [runs[-1].get("train_loss") for runs in base if runs]
+    if not finals or any(value is None for value in finals):
+        return {"base_final_train_loss": None, "base_steps": None, "steps": None,
+                "speedup": None}
+    target = float(np.mean(finals))
+    base_steps = max(int(runs[-1]["step"]) for runs in base if runs)
+    losses: dict[int, list[float]] = {}
+    for runs in variant:
+        for record in runs:
+            if record.get("train_loss") is not None:
+                losses.setdefault(int(record["step"]), []).append(float(record["train_loss"]))
+    reached = next((step for step in sorted(losses)
+                    if len(losses[step]) == len(variant) and np.mean(losses[step]) <= target),
+                   None)
+    return {"base_final_train_loss": target, "base_steps": base_steps, "steps": reached,
+            "speedup": base_steps / reached if reached else None}
+
+
+def convergence_entries(groups: dict[str, list[RunFiles]]) -> dict[str, dict[str, Any]]:
+    """:func:`steps_to_base_final_loss` of every IRE kind whose base optimizer was also run."""
+    out = {}
+    for name, base in IRE_BASES.items():
+        if name in groups and base in groups:
+            out[name] = {"base": base, **steps_to_base_final_loss(
+                [run.records for run in groups[name]], [run.records for run in groups[base]])}
+    return out
+
+
+def convergence_line(name: str, entry: dict[str, Any]) -> str:
+    """One plain sentence on whether the IRE kind ``name`` reached its base's final loss."""
+    label, base = _LABELS.get(name, name), _LABELS.get(entry["base"], entry["base"])
+    target = entry["base_final_train_loss"]
+    if target is None:
+        return f"{label} against {base}: the base's final train loss is unknown"
+    where = (f"{base}'s final train loss ({target:.4f}, at step {entry['base_steps']}, mean over "
+             "seeds)")
+    if entry["steps"] is None:
+        return (f"{label} did not reach {where} at any tracked step: no speed-up over {base} "
+                "here")
+    speedup = entry["speedup"]
+    tail = (f", {speedup:.2f}x fewer steps than {base}" if speedup is not None
+            else ", already at its first record")
+    return f"{label} reached {where} at step {entry['steps']}{tail}"
 
 
 @dataclass
@@ -187,10 +270,11 @@ def _fmt_stat(stat: dict[str, Any], spec: str) -> str:
     return text
 
 
-def _share_of_records(groups: dict[str, list[RunFiles]], name: str, holds) -> str:
-    values = [r["gain_ratio"] for run in groups[name] for r in run.records
-              if r["step"] > 0 and r.get("gain_ratio") is not None]
-    finals = [run.records[-1].get("gain_ratio") for run in groups[name]]
+def _share_of_records(groups: dict[str, list[RunFiles]], name: str, holds,
+                      key: str = "gain_ratio") -> str:
+    values = [r[key] for run in groups.get(name, []) for r in run.records
+              if r["step"] > 0 and r.get(key) is not None]
+    finals = [run.records[-1].get(key) for run in groups.get(name, [])]
     if not values:
         return ""
     final = _fmt(float(np.mean(finals)), "{:.3f}") if None not in finals else "n/a"
@@ -198,37 +282,44 @@ def _share_of_records(groups: dict[str, list[RunFiles]], name: str, holds) -> st
             f"{sum(1 for v in values if holds(v))} of {len(values)} of them; last step {final})")
 
 
+def _mean_of(summary: dict[str, dict[str, Any]], name: str, key: str) -> float | None:
+    return (summary[name].get(key) or {}).get("mean")
+
+
 def evaluate_claims(summary: dict[str, dict[str, Any]],
                     groups: dict[str, list[RunFiles]]) -> list[Claim]:
     """The seed note's claims, where the optimizers they name were run.
 
     * SAM's step is about (I + rho H / ||g||) g: sharp directions gain more than flat ones,
-      sharp/flat gain ratio > 1.
-    * IRE amplifies only flat coordinates: ratio < 1.
+      sharp/flat gain ratio (against the gradient step) > 1.
+    * IRE amplifies only flat coordinates, D = (I + kappa M) D_base: relative to its own base
+      optimizer's step, sharp/flat gain ratio < 1. One claim per IRE kind run (IRE, SAM-IRE,
+      AdmIRE), each judged on ``ire_sharp_flat_gain_ratio_vs_base``: against the gradient step
+      AdmIRE's ratio also carries Adam's preconditioning, which alone can put it below 1.
     * SAM ends flatter than SGD: a lower final lambda_max.
     """
     claims = []
 
-    def ratio(name: str) -> float | None:
-        return summary[name]["sharp_flat_gain_ratio"]["mean"]
-
     if "sam" in summary:
-        value = ratio("sam")
+        value = _mean_of(summary, "sam", "sharp_flat_gain_ratio")
         claims.append(Claim(
             "SAM accelerates sharp directions more than flat ones (sharp/flat gain ratio > 1)",
             None if value is None else value > 1,
             f"SAM's ratio is {_fmt(value, '{:.3f}')}"
             + _share_of_records(groups, "sam", lambda v: v > 1)))
-    for name in ("ire", "admire"):
-        if name in summary:
-            value = ratio(name)
-            label = "IRE" if name == "ire" else "AdmIRE"
-            claims.append(Claim(
-                f"{label} accelerates flat directions more than sharp ones "
-                "(sharp/flat gain ratio < 1)",
-                None if value is None else value < 1,
-                f"{label}'s ratio is {_fmt(value, '{:.3f}')}"
-                + _share_of_records(groups, name, lambda v: v < 1)))
+    for name, base in IRE_BASES.items():
+        if name not in summary:
+            continue
+        label, base_label = _LABELS[name], _LABELS[base]
+        value = _mean_of(summary, name, "ire_sharp_flat_gain_ratio_vs_base")
+        against_gradient = _mean_of(summary, name, "sharp_flat_gain_ratio")
+        claims.append(Claim(
+            f"{label} accelerates flat directions more than sharp ones, relative to its base "
+            f"optimizer {base_label} (sharp/flat gain ratio against {base_label}'s step < 1)",
+            None if value is None else value < 1,
+            f"{label}'s ratio against {base_label}'s step is {_fmt(value, '{:.3f}')}"
+            + _share_of_records(groups, name, lambda v: v < 1, "gain_ratio_vs_base")
+            + f"; against a plain gradient step it is {_fmt(against_gradient, '{:.3f}')}"))
     if "sam" in summary and "sgd" in summary:
         sam = summary["sam"]["lambda_max"]["mean"]
         sgd = summary["sgd"]["lambda_max"]["mean"]
@@ -496,24 +587,40 @@ def _hyperparameters(name: str, config: dict[str, Any]) -> str:
 
 _EXPLANATION = (
     "Values are those of the last tracked step (mean ± sample std over seeds), except the "
-    "sharp/flat gain: the median over the tracked steps after step 0. lambda_max and "
+    "sharp/flat gains: the median over the tracked steps after step 0. lambda_max and "
     "Tr(H) are the Hessian's top eigenvalue and trace of the mean loss on a fixed tracking batch. "
     "The sharp/flat gain is the optimizer's step measured on the span of the top Hessian "
     "eigenvectors, divided by the same on its orthogonal complement (the flat directions), each "
-    "relative to a plain gradient step with the same learning rate: 1 for SGD, above 1 where sharp directions are accelerated most (the seed "
-    "note's picture of SAM), below 1 where flat ones are (IRE). s/step is wall-clock training "
-    "time per step, tracking excluded."
+    "relative to a reference step. 'vs grad step': the reference is a plain gradient step with "
+    "the same learning rate: 1 for SGD, above 1 where sharp directions are accelerated most "
+    "(the seed note's picture of SAM), below 1 where flat ones are. 'vs base' (IRE kinds only): "
+    "the reference is the step of IRE's own base optimizer (SGD, SAM or AdamW) from the same "
+    "state, which isolates what IRE adds; IRE's claims are judged on it. s/step is wall-clock "
+    "training time per step, tracking excluded."
+)
+
+
+_CONVERGENCE_TITLE = "Does IRE reach its base optimizer's loss in fewer steps?"
+_CONVERGENCE_NOTE = (
+    "The IRE paper reports AdmIRE reaching AdamW's loss in about half the steps (Llama "
+    "pretraining). Here: the first tracked step at which the IRE kind's train loss (mean over "
+    "seeds) is at or below its base optimizer's final train loss, on the tracking grid."
 )
 
 
 def _markdown(title: str, task: str, hyper: list[str], table: list[list[str]],
-              claims: list[Claim], images: list[tuple[str, str]]) -> str:
+              claims: list[Claim], convergence: list[str],
+              images: list[tuple[str, str]]) -> str:
     lines = [f"# {title}", "", f"Task: {task}.", ""]
     lines += [f"- {line}" for line in hyper]
     lines += ["", _markdown_table(table), "", _EXPLANATION, ""]
     if claims:
         lines += ["## Does the seed note's picture hold here?", ""]
         lines += [f"- **{c.verdict}**: {c.claim}. {c.evidence}." for c in claims]
+        lines.append("")
+    if convergence:
+        lines += [f"## {_CONVERGENCE_TITLE}", "", _CONVERGENCE_NOTE, ""]
+        lines += [f"- {line}." for line in convergence]
         lines.append("")
     for filename, caption in images:
         lines += [f"## {caption}", "", f"![{caption}]({PLOTS_DIR}/{filename})", ""]
@@ -535,7 +642,8 @@ p.note { color: #555; font-size: 0.92em; }
 
 
 def _html(title: str, task: str, hyper: list[str], table: list[list[str]],
-          claims: list[Claim], images: list[tuple[str, str, bytes]]) -> str:
+          claims: list[Claim], convergence: list[str],
+          images: list[tuple[str, str, bytes]]) -> str:
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              f"<title>{esc(title)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
@@ -552,6 +660,11 @@ def _html(title: str, task: str, hyper: list[str], table: list[list[str]],
                          None: ("", "UNDECIDED")}[claim.holds]
             parts.append(f'<li><span class="{css}">{word}</span>: {esc(claim.claim)}. '
                          f"{esc(claim.evidence)}.</li>")
+        parts.append("</ul>")
+    if convergence:
+        parts += [f"<h2>{esc(_CONVERGENCE_TITLE)}</h2>",
+                  f'<p class="note">{esc(_CONVERGENCE_NOTE)}</p>', "<ul>"]
+        parts += [f"<li>{esc(line)}.</li>" for line in convergence]
         parts.append("</ul>")
     for filename, caption, data in images:
         encoded = base64.b64encode(data).decode("ascii")
@@ -573,11 +686,14 @@ class Report:
     markdown_path: Path
     html_path: Path
     plot_paths: list[Path] = field(default_factory=list)
+    convergence: list[str] = field(default_factory=list)
 
     def screen_summary(self) -> str:
         lines = [_text_table(self.table)]
         if self.claims:
             lines += ["", *[claim.line() for claim in self.claims]]
+        if self.convergence:
+            lines += ["", *[f"{line}." for line in self.convergence]]
         lines += ["", f"Report: {self.html_path}"]
         return "\n".join(lines)
 
@@ -616,6 +732,11 @@ def build_report(directory: str | Path) -> Report:
     title, config, groups, is_compare = _groups_of(directory)
     summary = {name: summary_entry(runs) for name, runs in groups.items()}
     claims = evaluate_claims(summary, groups) if is_compare else []
+    convergence = []
+    if is_compare:
+        for name, entry in convergence_entries(groups).items():
+            summary[name]["steps_to_base_final_loss"] = entry
+            convergence.append(convergence_line(name, entry))
     table = format_table(summary)
     hyper = [f"{name}: {_hyperparameters(name, runs[0].config)}" for name, runs in groups.items()]
     images: list[tuple[str, str, bytes]] = []
@@ -637,13 +758,14 @@ def build_report(directory: str | Path) -> Report:
     if is_compare:
         runfiles.write_json_atomic(directory / CLAIMS_FILE, [c.to_dict() for c in claims])
     task = _task_line(config)
-    markdown = _markdown(title, task, hyper, table, claims, [(f, c) for f, c, _ in images])
-    page = _html(title, task, hyper, table, claims, images)
+    markdown = _markdown(title, task, hyper, table, claims, convergence,
+                         [(f, c) for f, c, _ in images])
+    page = _html(title, task, hyper, table, claims, convergence, images)
     runfiles.write_text_atomic(directory / "report.md", markdown)
     runfiles.write_text_atomic(directory / "report.html", page)
     return Report(directory=directory, summary=summary, claims=claims, table=table,
                   markdown_path=directory / "report.md", html_path=directory / "report.html",
-                  plot_paths=plot_paths)
+                  plot_paths=plot_paths, convergence=convergence)
 
 
 def format_run_summary(out: Path, summary: dict[str, Any], report_path: Path,

@@ -226,11 +226,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a damaged file
-        reason = " ".join(str(exc).split())[:200]
-        raise ValueError(f"checkpoint {path} is corrupt ({type(exc).__name__}: {reason})") from None
+        raise corrupt_checkpoint(path, exc) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path} is not a samhess checkpoint")
+        raise ValueError(f"checkpoint {path} is not a samhess checkpoint; start the run again "
+                         "with --force")
     return state
+
+
+def first_sentence(exc: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message, on one line, at most ``limit`` characters.
+
+    Library messages can run to several sentences of advice that does not apply here (torch's
+    for a damaged checkpoint suggests ``weights_only=False``); the first says what failed.
+    """
+    text = " ".join(str(exc).split())
+    end = text.find(". ")
+    sentence = (text if end < 0 else text[:end]).rstrip(".:")
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    return sentence or type(exc).__name__
+
+
+def corrupt_checkpoint(path: str | Path, exc: BaseException) -> ValueError:
+    """The one-line error for a checkpoint that cannot be read or restored."""
+    return ValueError(f"checkpoint {path} is corrupt ({type(exc).__name__}: "
+                      f"{first_sentence(exc)}); start the run again with --force")
 
 
 def holds_run(directory: str | Path) -> bool:

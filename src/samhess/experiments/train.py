@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,13 +133,24 @@ def build_task(config: RunConfig) -> Task:
     from samhess.experiments.data import load_dataset
     from samhess.experiments.models import build_model, loss_for
 
+    from samhess.experiments.datasets.files import DataDirectoryError
+
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
-    data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    try:
+        data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    except DataDirectoryError as error:
+        raise error.naming("--data-dir") from None
     if config.batch_size > data.num_train:
         raise ValueError(f"--batch-size {config.batch_size} is invalid: the training set of "
                          f"{config.dataset!r} holds only {data.num_train} examples")
     model = build_model(config.model, data, seed=config.seed).to(device=device, dtype=dtype)
+    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if config.top_k >= dim:
+        # Lanczos finds at most dim - 1 eigenpairs; caught here, before the run directory is
+        # claimed, rather than at the first record.
+        raise ValueError(f"--top-k {config.top_k} is invalid: it must be smaller than the "
+                         f"number of trainable parameters of the {config.model!r} model, {dim}")
     loss_fn = loss_for(data)
     optimizer = build_optimizer(config.optimizer, model, config.to_dict())
 
@@ -253,8 +265,7 @@ def _restore(task: Task, checkpoint: dict[str, Any], path: Path, *,
         _set_rng_state(task, checkpoint["rng"])
         return RunState(**checkpoint["state"])
     except (KeyError, RuntimeError, TypeError) as exc:
-        raise ValueError(f"checkpoint {path} is corrupt ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:200]})") from None
+        raise runfiles.corrupt_checkpoint(path, exc) from None
 
 
 def inspect_run_dir(out: Path, config: RunConfig, *, resume: bool, force: bool) -> str:
@@ -352,6 +363,11 @@ def run_experiment(config: RunConfig, out: str | Path, *, resume: bool = False,
                    progress_desc: str | None = None, write_report: bool = True) -> RunResult:
     """Train, track, checkpoint, analyse the final model and write the run's report.
 
+    A new run (not one ``resume`` continues) that fails before its first record is written
+    removes the files it wrote, and ``out`` itself if it created it, so that the corrected
+    command can use the same ``out``. With ``resume`` and no run in ``out``, a fresh run starts
+    and one line on stderr says so.
+
     Args:
         config: the resolved configuration (:func:`samhess.experiments.config.build_run_config`).
         out: the run directory.
@@ -369,13 +385,48 @@ def run_experiment(config: RunConfig, out: str | Path, *, resume: bool = False,
         ValueError: bad settings, missing data, a directory holding another run, a corrupt
             checkpoint, or a diverged run; the message is one line.
     """
-    from samhess.experiments.analyze import analyze_final_model
-    from samhess.experiments.report import build_report
-
     out = Path(out)
     decision = on_main_process(inspect_run_dir, out, config, resume=resume, force=force)
     task = build_task(config)  # bad data or model settings fail before the directory is claimed
+    if resume and decision == "fresh" and is_main_process():
+        print(f"samhess: no run found in {out}; starting a fresh one", file=sys.stderr)
+    created = decision == "fresh" and not on_main_process(out.exists)
     on_main_process(claim_run_dir, out, config, decision)
+    try:
+        return _train(task, out, decision, quiet=quiet, progress_desc=progress_desc,
+                      write_report=write_report)
+    except BaseException:
+        # A new run that fails before its first record leaves nothing to resume: take back
+        # what it created, so that the corrected command finds the directory as it was.
+        if decision != "continue" and not _holds_a_record(out):
+            abandon_run_dir(out, created)
+        raise
+
+
+def _holds_a_record(out: Path) -> bool:
+    try:
+        return b"\n" in (out / METRICS_FILE).read_bytes()
+    except OSError:
+        return False
+
+
+def abandon_run_dir(out: Path, created: bool) -> None:
+    """Remove a new run's files (and ``out`` itself if the run created it and it is empty)."""
+    if not is_main_process():
+        return
+    runfiles.remove_outputs(out)
+    if created:
+        with contextlib.suppress(OSError):  # not empty: files of the user's stay, and out too
+            out.rmdir()
+
+
+def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: str | None,
+           write_report: bool) -> RunResult:
+    """The body of :func:`run_experiment` once ``out`` is claimed."""
+    from samhess.experiments.analyze import analyze_final_model
+    from samhess.experiments.report import build_report
+
+    config = task.config
     continuing = decision == "continue"
     log = MetricsLog(out / METRICS_FILE)
     state = RunState()

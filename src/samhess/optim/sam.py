@@ -147,7 +147,7 @@ class SAM(Optimizer):
         if isinstance(base_optimizer, Optimizer):
             raise TypeError(
                 "base_optimizer must be a torch.optim.Optimizer class such as torch.optim.SGD, "
-                f"not an instance; got {base_optimizer!r}"
+                f"not an instance; got an instance of {type(base_optimizer).__name__}"
             )
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
             raise TypeError(

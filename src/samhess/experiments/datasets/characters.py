@@ -22,6 +22,7 @@ import torch
 
 from samhess._validation import check_int_at_least
 
+from .files import DataDirectoryError
 from .preprocessing import check_limit, check_test_fraction, first_rows
 from .task import TaskData
 
@@ -152,16 +153,14 @@ def find_text_file(data_dir, file_name: str | None) -> Path:
     In a directory, ``file_name`` picks the file; without it the directory must hold exactly one
     ``*.txt`` file.
     """
+    expected = "a UTF-8 text file or a directory holding one"
     if data_dir is None:
-        raise ValueError(
-            "dataset 'text' is read from a local file: pass data_dir, a UTF-8 text file or a "
-            "directory holding one"
-        )
+        raise DataDirectoryError("text", expected)
     path = Path(data_dir).expanduser()
     if path.is_file():
         return path
     if not path.is_dir():
-        raise ValueError(f"dataset 'text' needs a UTF-8 text file; {path} does not exist")
+        raise DataDirectoryError("text", expected, path)
     if file_name is not None:
         candidate = path / file_name
         if not candidate.is_file():

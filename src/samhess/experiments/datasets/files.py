@@ -7,14 +7,49 @@ import zlib
 from pathlib import Path
 
 
+class DataDirectoryError(ValueError):
+    """A data set read from files was given no ``data_dir``, or one that does not exist.
+
+    The message names the directory as ``argument`` says it was passed: ``data_dir`` in the
+    library; the command line re-raises it with :meth:`naming` ``--data-dir``.
+
+    Args:
+        dataset: the data set's name.
+        expected: what ``data_dir`` should be, e.g. ``"a directory holding train, test"``.
+        path: the directory given, or ``None`` when none was.
+        argument: how the directory was passed.
+    """
+
+    def __init__(self, dataset: str, expected: str, path: Path | None = None,
+                 argument: str = "data_dir"):
+        self.dataset, self.expected, self.path, self.argument = dataset, expected, path, argument
+        if path is None:
+            message = f"dataset {dataset!r} is read from local files: pass {argument}, {expected}"
+        else:
+            message = f"dataset {dataset!r}: {argument} directory does not exist: {path}"
+        super().__init__(message)
+
+    def naming(self, argument: str) -> DataDirectoryError:
+        """The same error, naming the directory as ``argument`` (e.g. ``"--data-dir"``)."""
+        return DataDirectoryError(self.dataset, self.expected, self.path, argument)
+
+    def __reduce__(self):  # picklable, so torchrun ranks can pass it on
+        return DataDirectoryError, (self.dataset, self.expected, self.path, self.argument)
+
+
 def require_data_dir(dataset: str, data_dir, expected: str) -> Path:
-    """``data_dir`` as a :class:`~pathlib.Path`, or a ``ValueError`` saying what it should hold."""
+    """``data_dir`` as an existing directory's :class:`~pathlib.Path`.
+
+    Raises:
+        DataDirectoryError: ``data_dir`` is ``None`` (the message says it should hold
+            ``expected``) or does not exist.
+    """
     if data_dir is None:
-        raise ValueError(
-            f"dataset {dataset!r} is read from local files: pass data_dir, a directory holding "
-            f"{expected}"
-        )
-    return Path(data_dir).expanduser()
+        raise DataDirectoryError(dataset, f"a directory holding {expected}")
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise DataDirectoryError(dataset, f"a directory holding {expected}", path)
+    return path
 
 
 def locate(

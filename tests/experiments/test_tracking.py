@@ -1,0 +1,97 @@
+"""What a record measures for IRE: sharp/flat gains against the gradient step and the base step."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from samhess.curvature import HessianOperator, eigenpairs
+from samhess.experiments.config import build_run_config
+from samhess.experiments.optimizers import training_step
+from samhess.experiments.tracking import measure_curvature
+from samhess.experiments.train import build_task
+
+from .conftest import TINY_RUN_FLAGS
+
+
+def _trained_task(optimizer: str, steps: int = 3):
+    """A float64 task a few steps into training (IRE's mask set, Adam's moments filled)."""
+    config = build_run_config({}, {**TINY_RUN_FLAGS, "optimizer": optimizer, "dtype": "float64"})
+    task = build_task(config)
+    batch = (task.train_inputs[:32], task.train_targets[:32])
+    for _ in range(steps):
+        training_step(task.optimizer, task.model, task.loss_fn, batch,
+                      generator=task.label_generator)
+    return task
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def _ratio(step: torch.Tensor, reference: torch.Tensor, q: torch.Tensor) -> float:
+    """Least-squares gain on span(q) over the gain on its complement."""
+    sharp_step, sharp_ref = q.T @ step, q.T @ reference
+    flat_step, flat_ref = step - q @ sharp_step, reference - q @ sharp_ref
+    return float((sharp_step @ sharp_ref) / (sharp_ref @ sharp_ref)) / float(
+        (flat_step @ flat_ref) / (flat_ref @ flat_ref))
+
+
+def _ratios_by_hand(task) -> tuple[float, float]:
+    """IRE's sharp/flat ratio against its base's step and against -lr g, computed directly.
+
+    The base step is taken by a deep copy of the model and the inner optimizer (not the
+    take-and-undo of the analysis layer), and IRE's step is formed from it as
+    D = (I + kappa M) D_base with the optimizer's mask.
+    """
+    ire = task.optimizer
+    model, inner = copy.deepcopy((task.model, ire.optimizer))  # one memo: params stay shared
+    model.eval()
+    inputs, targets = task.tracking.batch
+    params = [p for group in inner.param_groups for p in group["params"]]
+    before = _flat(params)
+    inner.zero_grad()
+    task.loss_fn(model(inputs), targets).backward()
+    gradient = _flat(p.grad for p in params)
+    inner.step()
+    base_step = _flat(params) - before
+    ire_step = (1.0 + ire.kappa * _flat(ire.mask)) * base_step
+    operator = HessianOperator(task.model, task.loss_fn, task.tracking.batch)
+    top = eigenpairs(operator, task.tracking.top_k, which="largest", seed=task.tracking.seed)
+    q = torch.linalg.qr(top.eigenvectors).Q
+    return _ratio(ire_step, base_step, q), _ratio(ire_step, -task.config.lr * gradient, q)
+
+
+def test_ire_over_plain_sgd_gets_the_same_ratio_against_either_reference():
+    # Without momentum or weight decay SGD's step is -lr g, so measuring IRE against its base
+    # (the SGD step taken and undone) and against the gradient step (computed from g) agree.
+    task = _trained_task("ire")
+    assert task.config.momentum == 0.0 and task.config.weight_decay == 0.0
+    record = measure_curvature(task.model, task.optimizer, task.tracking)
+    assert record["gain_ratio_vs_base"] == pytest.approx(record["gain_ratio"], rel=1e-9)
+    assert record["sharp_gain_vs_base"] == pytest.approx(record["sharp_gain"], rel=1e-9)
+    assert record["flat_gain_vs_base"] == pytest.approx(record["flat_gain"], rel=1e-9)
+    vs_base, vs_gradient = _ratios_by_hand(task)
+    assert record["gain_ratio_vs_base"] == pytest.approx(vs_base, rel=1e-8)
+    assert vs_gradient == pytest.approx(vs_base, rel=1e-8)
+    # Not a vacuous agreement: IRE's step differs from its base's.
+    assert abs(record["flat_gain_vs_base"] - 1.0) > 1e-3
+
+
+def test_admire_ratio_against_adamw_differs_from_the_gradient_step_ratio():
+    task = _trained_task("admire")
+    record = measure_curvature(task.model, task.optimizer, task.tracking)
+    vs_base, vs_gradient = _ratios_by_hand(task)
+    assert record["gain_ratio_vs_base"] == pytest.approx(vs_base, rel=1e-8)
+    assert record["gain_ratio"] == pytest.approx(vs_gradient, rel=1e-8)
+    # Adam's own scaling moves the gradient-step ratio; the base-step ratio leaves it out.
+    assert abs(vs_base - vs_gradient) > 0.05 * abs(vs_gradient), (vs_base, vs_gradient)
+
+
+def test_optimizers_without_ire_have_no_ratio_against_a_base():
+    task = _trained_task("sam", steps=1)
+    record = measure_curvature(task.model, task.optimizer, task.tracking)
+    assert record["gain_ratio_vs_base"] is None and record["sharp_gain_vs_base"] is None
+    assert record["gain_ratio"] is not None
