@@ -48,7 +48,7 @@ def test_a_terminal_gets_a_progress_bar_over_the_run_steps(tmp_path):
     drawn = _stderr_of_run_on_a_terminal(tmp_path)
     steps = tiny_cli_args()[tiny_cli_args().index("--steps") + 1]
     # tqdm redraws at most every 0.1 s and a tiny run is faster, so the first frame is certain
-    assert f"sgd seed 0:   0%" in drawn and f"0/{steps}" in drawn and "step/s" in drawn
+    assert "sgd seed 0:   0%" in drawn and f"0/{steps}" in drawn and "step/s" in drawn
 
 
 def test_quiet_draws_nothing_on_a_terminal(tmp_path):
