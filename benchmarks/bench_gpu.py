@@ -15,7 +15,7 @@ Sections, in the order they run (the numbers are the tables' numbers):
    time of one bare product shows what the algorithm adds around the products (host
    synchronizations, transfers, orthogonalization).
 4. Optimizers on ResNet-20, batch 256: ``benchmarks/bench_optim.py``'s measurement (SAM/SGD
-   and IRE/SGD step-time ratios, peak memory) with its model swapped for ResNet-20; then the
+   and IRE/SGD step-time ratios, peak memory) run on ResNet-20 instead of its CNN; then the
    float16 ``GradScaler`` SAM recipe of ``docs/optim.md``: steps with an inf injected into the
    gradients of the first or the second pass must be skipped with weights and optimizer state
    unchanged and the scale halved, clean steps must go through; and the step time of float32,
@@ -490,31 +490,20 @@ def eigen_section(report: Report, settings: Settings, device: torch.device) -> N
 
 
 # ---------------------------------------------------------------------------------- 4. optimizers
-@contextlib.contextmanager
-def bench_optim_on_resnet20() -> Iterator[Any]:
-    """``benchmarks/bench_optim.py`` as a module, building ResNet-20 where it builds its CNN.
-
-    ``bench_optim.Trainer`` makes every model through the module-level ``small_cnn``; replacing
-    that one name runs the same windows, IRE refreshes and memory measurement on ResNet-20.
-    """
+def import_bench_optim() -> Any:
+    """``benchmarks/bench_optim.py`` as a module."""
     if str(BENCHMARKS) not in sys.path:
         sys.path.insert(0, str(BENCHMARKS))
     import bench_optim
 
-    shapes = image_task(1)
-    original = bench_optim.small_cnn
-    bench_optim.small_cnn = lambda seed=0: build_model("resnet20", shapes, seed=seed)
-    try:
-        yield bench_optim
-    finally:
-        bench_optim.small_cnn = original
+    return bench_optim
 
 
 def optim_section(report: Report, settings: Settings, device: torch.device) -> None:
     report.line(f"## 4. Optimizers on ResNet-20, batch {settings.optim_batch}\n")
     report.line(
-        "(a) `benchmarks/bench_optim.py` (imported; its model swapped for ResNet-20 built by "
-        "`build_model('resnet20')`, so its 'CNN' below is ResNet-20), train mode, "
+        "(a) `benchmarks/bench_optim.py` (imported; its `main` given ResNet-20 built by "
+        "`build_model('resnet20')` as the model), train mode, "
         f"{settings.optim_windows} windows of {settings.optim_refresh_every} steps:\n"
     )
     arguments = ["--device", str(device), "--batch-size", str(settings.optim_batch),
@@ -526,8 +515,11 @@ def optim_section(report: Report, settings: Settings, device: torch.device) -> N
         return
     captured = io.StringIO()
     try:
-        with bench_optim_on_resnet20() as bench_optim, contextlib.redirect_stdout(captured):
-            bench_optim.main(arguments)
+        shapes = image_task(1)
+        with contextlib.redirect_stdout(captured):
+            import_bench_optim().main(
+                arguments, make_model=lambda: build_model("resnet20", shapes, seed=0),
+                model_name="ResNet-20")
         for text in captured.getvalue().splitlines():
             report.line(text)
     except Exception as error:

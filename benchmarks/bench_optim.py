@@ -85,16 +85,17 @@ def diagonal_estimator() -> tuple[Callable, str]:
 
 
 class Trainer:
-    """One configuration: a fresh model and optimizer and its training step."""
+    """One configuration: a fresh model (``make_model()``) and optimizer, and its training step."""
 
-    def __init__(self, name: str, batch, estimate: Callable, refresh_every: int) -> None:
+    def __init__(self, name: str, batch, estimate: Callable, refresh_every: int,
+                 make_model: Callable[[], nn.Module] = small_cnn) -> None:
         self.name, self.batch, self.estimate = name, batch, estimate
         # "IRE/4": the mask refresh estimates the diagonal on a quarter of the batch
         self.refresh_batch = batch if not name.endswith("/4") else tuple(
             t[: max(1, len(t) // 4)] for t in batch)
         name = name.removesuffix("/4")
         device = batch[0].device
-        self.model = small_cnn().to(device)
+        self.model = make_model().to(device)
         self.loss_fn = nn.CrossEntropyLoss()
         params = self.model.parameters()
         sgd = dict(lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -147,14 +148,15 @@ def quiet_stderr():
             os.close(saved)
 
 
-def peak_memory(name: str, batch, estimate: Callable, refresh_every: int) -> int:
+def peak_memory(name: str, batch, estimate: Callable, refresh_every: int,
+                make_model: Callable[[], nn.Module] = small_cnn) -> int:
     """Peak bytes of live tensors while building ``name`` and taking three steps."""
     device = batch[0].device
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
-        trainer = Trainer(name, batch, estimate, refresh_every)
+        trainer = Trainer(name, batch, estimate, refresh_every, make_model)
         for _ in range(3):
             trainer.step()
         synchronize(device)
@@ -162,7 +164,7 @@ def peak_memory(name: str, batch, estimate: Callable, refresh_every: int) -> int
     from torch.profiler import ProfilerActivity, profile
 
     with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        trainer = Trainer(name, batch, estimate, refresh_every)
+        trainer = Trainer(name, batch, estimate, refresh_every, make_model)
         for _ in range(3):
             trainer.step()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -175,7 +177,10 @@ def peak_memory(name: str, batch, estimate: Callable, refresh_every: int) -> int
     return peak
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] = small_cnn,
+         model_name: str = "CNN") -> int:
+    """Run the benchmark; ``make_model`` builds each configuration's model (``model_name`` labels
+    it in the output), so other scripts can measure the same thing on another network."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -192,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
              torch.randint(0, 10, (args.batch_size,), generator=generator).to(device))
     estimate, estimate_source = diagonal_estimator()
     names = ["SGD", "SAM", "IRE", "IRE/4", "SAM-IRE"]
-    trainers = {name: Trainer(name, batch, estimate, args.refresh_every) for name in names}
+    trainers = {name: Trainer(name, batch, estimate, args.refresh_every, make_model)
+                for name in names}
 
     for trainer in trainers.values():  # warm-up window: allocator, lazy state, first refresh
         for _ in range(args.refresh_every):
@@ -210,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             synchronize(device)
             window_means[name].append((clock() - start) / args.refresh_every)
     median = {name: statistics.median(times) for name, times in window_means.items()}
-    memory = {name: peak_memory(name, batch, estimate, args.refresh_every) for name in names}
+    memory = {name: peak_memory(name, batch, estimate, args.refresh_every, make_model)
+              for name in names}
 
     ratios = {
         "SGD": ("-", None),
@@ -223,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     parameters = sum(p.numel() for p in trainers["SGD"].model.parameters())
     print(f"device {device}, torch {torch.__version__}, threads {threads}, batch "
-          f"{args.batch_size}x3x32x32, CNN with {parameters} parameters, {args.windows} windows "
-          f"of {args.refresh_every} steps per configuration")
+          f"{args.batch_size}x3x32x32, {model_name} with {parameters} parameters, "
+          f"{args.windows} windows of {args.refresh_every} steps per configuration")
     print(f"IRE diagonal: {estimate_source}; refresh every {args.refresh_every} steps, "
           "included in the IRE timings; IRE/4 estimates it on a quarter of the batch")
     print("time: " + ("process CPU time (time.process_time)" if device.type == "cpu"

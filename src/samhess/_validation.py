@@ -10,6 +10,13 @@ import math
 from numbers import Integral, Real
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool`` (``0``/``1`` and other truthy values are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
 def check_real(name: str, value: object) -> float:
     """Return ``value`` as a float, or raise ``TypeError`` if it is not a real number."""
     if isinstance(value, bool) or not isinstance(value, Real):

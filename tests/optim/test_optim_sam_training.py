@@ -374,8 +374,10 @@ def test_sam_rejects_a_bad_base_optimizer_and_group_rho():
     with pytest.raises(TypeError,
                        match=r"base_optimizer must be a torch.optim.Optimizer class.*'sgd'"):
         SAM(params, "sgd", lr=0.1)
-    with pytest.raises(TypeError, match=r"not an instance"):
+    with pytest.raises(TypeError) as info:
         SAM(params, torch.optim.SGD(params, lr=0.1), lr=0.1)
+    assert str(info.value) == ("base_optimizer must be a torch.optim.Optimizer class such as "
+                               "torch.optim.SGD, not an instance; got an instance of SGD")
     with pytest.raises(TypeError, match=r"base_optimizer.*Linear"):
         SAM(params, nn.Linear, lr=0.1)
     with pytest.raises(ValueError, match=r"Adadelta has its own \['rho'\] argument"):

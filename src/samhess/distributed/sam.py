@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from samhess._validation import check_positive
+from samhess._validation import check_bool, check_positive
 
 __all__ = ["ascent_pass", "sam_step"]
 
@@ -102,8 +102,7 @@ def sam_step(
     from samhess.optim import disable_running_stats
 
     loss_scale = check_positive("loss_scale", loss_scale)
-    if not isinstance(per_replica, bool):
-        raise TypeError(f"per_replica must be a bool, got {per_replica!r}")
+    check_bool("per_replica", per_replica)
     optimizer.zero_grad(set_to_none=True)
     with ascent_pass(model, per_replica):
         loss = loss_fn(model(inputs), targets)

@@ -34,6 +34,7 @@ import torch
 from torch.optim import Optimizer
 
 from samhess._validation import (
+    check_bool,
     check_int_at_least,
     check_nonnegative,
     check_open_unit_interval,
@@ -52,12 +53,6 @@ _HYPERPARAMETERS = (
     "per_tensor",
     "kappa_follows_lr",
 )
-
-
-def _check_flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
 
 
 def _check_ema(value: object) -> float:
@@ -141,8 +136,8 @@ class IRE(Optimizer):
         self.refresh_every = refresh_every
         self.start_step = start_step
         self.ema = ema
-        self.per_tensor = _check_flag("per_tensor", per_tensor)
-        self.kappa_follows_lr = _check_flag("kappa_follows_lr", kappa_follows_lr)
+        self.per_tensor = check_bool("per_tensor", per_tensor)
+        self.kappa_follows_lr = check_bool("kappa_follows_lr", kappa_follows_lr)
         super().__init__(optimizer.param_groups, {})
         self.param_groups = optimizer.param_groups
         self.optimizer = optimizer
@@ -431,8 +426,8 @@ class IRE(Optimizer):
         hyperparameters = state_dict["hyperparameters"]
         for name in ("kappa", "gamma", "refresh_every", "start_step", "ema"):
             setattr(self, name, hyperparameters[name])
-        self.per_tensor = _check_flag("per_tensor", hyperparameters["per_tensor"])
-        self.kappa_follows_lr = _check_flag(
+        self.per_tensor = check_bool("per_tensor", hyperparameters["per_tensor"])
+        self.kappa_follows_lr = check_bool(
             "kappa_follows_lr", hyperparameters["kappa_follows_lr"]
         )
         self.step_count = check_int_at_least("step_count", state_dict["step_count"], 0)

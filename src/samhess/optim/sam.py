@@ -40,24 +40,19 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from samhess._validation import check_nonnegative
+from samhess._validation import check_bool, check_nonnegative
 
 __all__ = ["SAM", "USAM", "ASAM"]
 
 _SAM_GROUP_KEYS = frozenset({"rho", "adaptive", "normalize"})
 
 
-def _check_flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
+def _global_norm(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """The 2-norm of the concatenation of ``tensors``, as a tensor and as a Python float.
 
-
-def _global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The 2-norm of the concatenation of ``tensors``: inf/NaN only if an entry is inf/NaN.
-
-    The fast path is one foreach kernel plus one reduction in the tensors' dtype. Its sum of
-    squares overflows float32 once the norm passes ~1.8e19, which gradients carrying a large
+    inf/NaN only if an entry is inf/NaN. The fast path is one foreach kernel plus one reduction
+    in the tensors' dtype, and one host synchronization (the float). Its sum of squares
+    overflows float32 once the norm passes ~1.8e19, which gradients carrying a large
     GradScaler scale can reach while every entry is still finite; that rare case is recomputed
     in float64.
     """
@@ -65,10 +60,12 @@ def _global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     device = norms[0].device
     dtype = norms[0].dtype if all(n.dtype == norms[0].dtype for n in norms) else torch.float32
     norm = torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
-    if torch.isfinite(norm) or not all(torch.isfinite(t).all() for t in tensors):
-        return norm
+    value = norm.item()
+    if math.isfinite(value) or not all(torch.isfinite(t).all() for t in tensors):
+        return norm, value
     wide = [torch.linalg.vector_norm(t, dtype=torch.float64).to(device) for t in tensors]
-    return torch.linalg.vector_norm(torch.stack(wide))
+    norm = torch.linalg.vector_norm(torch.stack(wide))
+    return norm, norm.item()
 
 
 class SAM(Optimizer):
@@ -163,8 +160,8 @@ class SAM(Optimizer):
         rho = check_nonnegative("rho", rho)
         defaults = dict(
             rho=rho,
-            adaptive=_check_flag("adaptive", adaptive),
-            normalize=_check_flag("normalize", normalize),
+            adaptive=check_bool("adaptive", adaptive),
+            normalize=check_bool("normalize", normalize),
             **base_kwargs,
         )
         super().__init__(params, defaults)
@@ -186,8 +183,8 @@ class SAM(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_nonnegative("rho", group["rho"])
-        _check_flag("adaptive", group["adaptive"])
-        _check_flag("normalize", group["normalize"])
+        check_bool("adaptive", group["adaptive"])
+        check_bool("normalize", group["normalize"])
 
     def __getstate__(self) -> dict[str, Any]:
         # torch's Optimizer pickles only defaults/state/param_groups, which would drop the base
@@ -239,8 +236,7 @@ class SAM(Optimizer):
         if not scaled_grads:
             self.last_grad_norm = None
             return
-        norm = _global_norm(scaled_grads)
-        norm_value = norm.item()
+        norm, norm_value = _global_norm(scaled_grads)
         self.last_grad_norm = norm * inverse_scale
         if not math.isfinite(norm_value):
             # Overflowed (or NaN) gradients: stay at w and keep them, so the second backward
@@ -388,8 +384,9 @@ class USAM(SAM):
 class ASAM(SAM):
     r"""Adaptive SAM: ``SAM(..., adaptive=True)``, :math:`e = \rho\,|w|^2 g/\lVert |w|\,g\rVert`.
 
-    Kwon et al. (ICML 2021) use much larger radii than SAM (0.5 and more in their CIFAR runs). Their operator is :math:`T = \operatorname{diag}(|w| + \eta)`; here :math:`\eta = 0`,
-    so coordinates with :math:`w = 0` are never perturbed. See :class:`SAM` for the arguments.
+    Kwon et al. (ICML 2021) use much larger radii than SAM (0.5 and more in their CIFAR runs).
+    Their operator is :math:`T = \operatorname{diag}(|w| + \eta)`; here :math:`\eta = 0`, so
+    coordinates with :math:`w = 0` are never perturbed. See :class:`SAM` for the arguments.
     """
 
     def __init__(
