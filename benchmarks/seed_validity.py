@@ -29,7 +29,6 @@ import argparse
 from pathlib import Path
 
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from samhess.analysis import (
@@ -45,30 +44,14 @@ from samhess.analysis import (
 from samhess.curvature import HessianOperator, eigenpairs, fisher_diagonal
 from samhess.optim import IRE, SAM, USAM
 
+# Run as a script, so benchmarks/ is the first entry of sys.path.
+from digits_mlp import scaled_digits, train_digits_mlp  # noqa: E402
+
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 BATCH_SIZES = [32, 128, 512, None]
 RHOS = [0.001, 0.01, 0.05, 0.2, 1.0]
 TAYLOR_RHOS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 K = 5
-
-
-def train_mlp(activation: str, data, seed: int) -> tuple[nn.Module, nn.Module, int]:
-    """MLP 64-32-10 trained by full-batch Adam (lr 0.01) until the loss is below 0.1."""
-    inputs, labels = data
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(64, 32), ACTIVATIONS[activation](), nn.Linear(32, 10)).double()
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(5000):
-        optimizer.zero_grad()
-        loss = loss_fn(model(inputs), labels)
-        if loss.item() < 0.1:
-            break
-        loss.backward()
-        optimizer.step()
-    for p in model.parameters():
-        p.grad = None
-    return model, loss_fn, step
 
 
 def sharp_flat_table(model, loss_fn, batch, seed: int) -> list[str]:
@@ -107,7 +90,7 @@ def sharp_flat_table(model, loss_fn, batch, seed: int) -> list[str]:
 
 def report(activation: str, data, seed: int, plot_dir: Path | None) -> None:
     inputs, labels = data
-    model, loss_fn, steps = train_mlp(activation, data, seed)
+    model, loss_fn, steps = train_digits_mlp(data, ACTIVATIONS[activation], seed)
     with torch.no_grad():
         loss = loss_fn(model(inputs), labels).item()
     print(f"\n=== MLP 64-32-10 ({activation}), {steps} Adam steps, training loss {loss:.4f}, "
@@ -172,8 +155,7 @@ def main() -> None:
     parser.add_argument("--plot-dir", type=Path, default=None,
                         help="write the validity maps as PNGs into this folder")
     args = parser.parse_args()
-    raw_inputs, raw_labels = load_digits(return_X_y=True)
-    data = (torch.tensor(raw_inputs / 16.0, dtype=torch.float64), torch.tensor(raw_labels))
+    data = scaled_digits()
     for activation in (ACTIVATIONS if args.activation == "both" else [args.activation]):
         report(activation, data, args.seed, args.plot_dir)
 

@@ -2,19 +2,28 @@
 
 The MLP uses tanh: the expansions under test assume a loss with continuous third derivatives,
 and ReLU kinks crossed by the perturbation add an error of their own (measured separately in
-``benchmarks/seed_validity.py``).
+``benchmarks/seed_validity.py``). The data and the training come from ``benchmarks/digits_mlp.py``,
+so the tests and that benchmark measure the same network.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.func import functional_call
+
+# Tests run with ``--import-mode=importlib`` and benchmarks/ is not a package: load it by path.
+_spec = importlib.util.spec_from_file_location(
+    "digits_mlp", Path(__file__).resolve().parents[2] / "benchmarks" / "digits_mlp.py"
+)
+digits_source = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(digits_source)
 
 
 class ParameterVector(nn.Module):
@@ -64,28 +73,14 @@ def quadratic():
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits, pixels scaled to [0, 1], float64 inputs and int64 labels."""
-    inputs, labels = load_digits(return_X_y=True)
-    return (torch.tensor(inputs / 16.0, dtype=torch.float64), torch.tensor(labels))
+    return digits_source.scaled_digits()
 
 
 @pytest.fixture(scope="session")
 def trained_digits_mlp(digits):
     """An MLP 64-32-10 (tanh) trained by full-batch Adam on digits to a loss just below 0.1."""
-    inputs, labels = digits
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10)).double()
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(2000):
-        optimizer.zero_grad()
-        loss = loss_fn(model(inputs), labels)
-        if loss.item() < 0.1:
-            break
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.1
-    for p in model.parameters():
-        p.grad = None
+    model, loss_fn, steps = digits_source.train_digits_mlp(digits, nn.Tanh, seed=0, max_steps=2000)
+    assert steps < 2000, "the MLP did not reach a training loss below 0.1"
     return model, loss_fn
 
 

@@ -82,35 +82,26 @@ def test_sam_and_usam_gains_equal_closed_form(quadratic, normalize):
                           rtol=1e-8, atol=0)
 
 
-def test_ire_over_sgd_gain_equals_closed_form(quadratic):
+@pytest.mark.parametrize("over_sam", [False, True], ids=["ire_sgd", "ire_sam"])
+def test_ire_gain_equals_closed_form(quadratic, over_sam):
+    """IRE over SGD: D = -lr (I + kappa M) g; over SAM: -lr (I + kappa M)(g + rho A g / ||g||)."""
     model, loss_fn, batch, matrix, eigenvalues, vectors = quadratic
-    ire = ire_over(torch.optim.SGD(model.parameters(), lr=LR), diagonal_of(model, matrix))
+    if over_sam:
+        inner = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
+    else:
+        inner = torch.optim.SGD(model.parameters(), lr=LR)
+    ire = ire_over(inner, diagonal_of(model, matrix))
     m = mask_vector(ire)
     assert 0 < m.sum() < m.numel()
     g = gradient(model, matrix)
-    expected = (vectors.T @ ((1 + KAPPA * m) * g)) / (vectors.T @ g)
+    base_direction = g + RHO * matrix @ g / g.norm() if over_sam else g
+    expected = (vectors.T @ ((1 + KAPPA * m) * base_direction)) / (vectors.T @ g)
     result = directional_gains(model, loss_fn, batch, ire, vectors, eigenvalues=eigenvalues)
     assert torch.allclose(torch.tensor(result.gains, dtype=torch.float64), expected,
                           rtol=1e-8, atol=0)
     assert torch.allclose(torch.tensor(result.predictions, dtype=torch.float64), expected,
                           rtol=1e-8, atol=0)
-    assert result.optimizer == "IRE(SGD)"
-
-
-def test_ire_over_sam_gain_equals_closed_form(quadratic):
-    model, loss_fn, batch, matrix, eigenvalues, vectors = quadratic
-    sam = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
-    ire = ire_over(sam, diagonal_of(model, matrix))
-    m = mask_vector(ire)
-    g = gradient(model, matrix)
-    sam_direction = g + RHO * matrix @ g / g.norm()
-    expected = (vectors.T @ ((1 + KAPPA * m) * sam_direction)) / (vectors.T @ g)
-    result = directional_gains(model, loss_fn, batch, ire, vectors, eigenvalues=eigenvalues)
-    assert torch.allclose(torch.tensor(result.gains, dtype=torch.float64), expected,
-                          rtol=1e-8, atol=0)
-    assert torch.allclose(torch.tensor(result.predictions, dtype=torch.float64), expected,
-                          rtol=1e-8, atol=0)
-    assert result.optimizer == "IRE(SAM(SGD))"
+    assert result.optimizer == ("IRE(SAM(SGD))" if over_sam else "IRE(SGD)")
 
 
 def test_ire_over_adamw_against_its_own_base(quadratic):

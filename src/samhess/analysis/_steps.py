@@ -56,8 +56,7 @@ def loss_and_gradient(
     inputs, targets = batch
     with torch.enable_grad():
         loss = loss_fn(model(inputs), targets)
-        grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+        grads = torch.autograd.grad(loss, list(params), allow_unused=True, materialize_grads=True)
     return float(loss.detach()), flatten(grads)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from samhess.analysis._steps import optimizer_parameters
 from samhess.analysis.gains import as_directions
 from samhess.analysis.results import MaskQuality
 from samhess.curvature.vectors import flatten
@@ -45,10 +46,9 @@ def flat_mask_vector(
         masks = ire_or_mask.mask
         if masks is None:
             raise ValueError("the IRE has no mask yet: call update_mask(diag) first")
-        owned = [p for group in ire_or_mask.param_groups for p in group["params"]]
         if params is None:
             return flatten(masks)
-        mask_of = {id(p): m for p, m in zip(owned, masks)}
+        mask_of = {id(p): m for p, m in zip(optimizer_parameters(ire_or_mask), masks)}
         missing = [i for i, p in enumerate(params) if id(p) not in mask_of]
         if missing:
             raise ValueError(f"params[{missing[0]}] is not among the IRE's parameters")

@@ -32,7 +32,6 @@ from samhess._validation import check_choice, check_int_at_least, check_positive
 from samhess.analysis._steps import (
     check_batch,
     evaluation_mode,
-    loss_and_gradient,
     preserved_training_state,
     resolve_parameters,
 )
@@ -92,8 +91,8 @@ def minibatch_decomposition(
     mode = check_choice("mode", mode, ("sam", "usam"))
     params = resolve_parameters(model, params)
     with preserved_training_state(model, []), evaluation_mode(model, eval_mode):
-        _, g_batch = loss_and_gradient(model, loss_fn, batch, params)
         h_batch = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+        g_batch = h_batch.gradient()
         h_full = HessianOperator(model, loss_fn, full_data, params=params, eval_mode=eval_mode)
         g_full = h_full.gradient()
         noise = g_batch - g_full

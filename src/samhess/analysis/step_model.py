@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -30,7 +31,6 @@ from samhess.analysis._steps import (
     describe_optimizer,
     evaluation_mode,
     learning_rates,
-    loss_and_gradient,
     measure_step,
     optimizer_chain,
     optimizer_parameters,
@@ -91,28 +91,19 @@ class _Prediction:
     sam_coefficient: float | None
 
 
+@dataclass
 class _Context:
-    def __init__(
-        self,
-        hessian_gradient: Callable[[], torch.Tensor],
-        gradient: torch.Tensor,
-        rates: torch.Tensor,
-        params: Sequence[torch.Tensor],
-        reference: Any,
-        reference_step: torch.Tensor,
-    ) -> None:
-        self._hessian_gradient = hessian_gradient
-        self._cached: torch.Tensor | None = None
-        self.gradient = gradient
-        self.rates = rates
-        self.params = params
-        self.reference = reference
-        self.reference_step = reference_step
+    hessian: HessianOperator
+    gradient: torch.Tensor
+    rates: torch.Tensor
+    params: Sequence[torch.Tensor]
+    reference: Any
+    reference_step: torch.Tensor
 
+    @cached_property
     def hessian_gradient(self) -> torch.Tensor:
-        if self._cached is None:
-            self._cached = self._hessian_gradient()
-        return self._cached
+        """:math:`Hg`, computed only if a prediction needs it."""
+        return self.hessian @ self.gradient
 
 
 def _is_optimizer(value: object) -> bool:
@@ -188,7 +179,7 @@ def _predict(optimizer: Any, context: _Context) -> _Prediction | None:
             coefficient, formula = rho / norm, "-lr (g + rho H g / ||g||)"
         else:
             coefficient, formula = rho, "-lr (g + rho H g)"
-        step = -context.rates * (g + coefficient * context.hessian_gradient())
+        step = -context.rates * (g + coefficient * context.hessian_gradient)
         return _Prediction(step, formula, coefficient)
     if _steps_plain_gradient(optimizer):
         return _Prediction(-context.rates * context.gradient, "-lr g", 0.0)
@@ -255,7 +246,8 @@ def measure_steps(
     # The outer snapshot also undoes what the forward passes outside the steps change (BatchNorm
     # statistics in train mode); the inner ones put the state back between the two steps.
     with preserved_training_state(model, roots), evaluation_mode(model, eval_mode):
-        _, gradient = loss_and_gradient(model, loss_fn, batch, params)
+        hessian = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+        gradient = hessian.gradient()
         rates = learning_rates(optimizer, params)
         with preserved_training_state(model, roots):
             step = measure_step(model, loss_fn, batch, optimizer, params)
@@ -275,11 +267,7 @@ def measure_steps(
                 reference_step = measure_step(model, loss_fn, batch, reference, params)
             reference_name = describe_optimizer(reference)
 
-        def hessian_gradient() -> torch.Tensor:
-            operator = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
-            return operator @ gradient
-
-        context = _Context(hessian_gradient, gradient, rates, params, reference, reference_step)
+        context = _Context(hessian, gradient, rates, params, reference, reference_step)
         prediction = _predict(optimizer, context)
 
     uniform_rate = bool((rates == rates[0]).all())

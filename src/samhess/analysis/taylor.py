@@ -226,8 +226,8 @@ def trace_identity_check(
     block_size = check_int_at_least("block_size", block_size, 1)
     params = resolve_parameters(model, params)
     with preserved_training_state(model, []), evaluation_mode(model, eval_mode):
-        _, g = loss_and_gradient(model, loss_fn, batch, params)
         hessian = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+        g = hessian.gradient()
         generator = torch.Generator(device=g.device).manual_seed(seed)
         forms = []
         for start in range(0, num_samples, block_size):
