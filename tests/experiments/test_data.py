@@ -23,6 +23,7 @@ from samhess.experiments.data import (
 )
 from samhess.experiments.datasets import mnist_1d
 from samhess.experiments.datasets.characters import read_corpus
+from samhess.experiments.datasets.files import DataDirectoryError
 from samhess.experiments.datasets.idx import parse_idx
 
 
@@ -49,7 +50,13 @@ def test_dataset_names_cover_the_contract():
         "digits", "mnist1d", "synthetic", "chars",
         "cifar10", "cifar100", "mnist", "fashion-mnist", "text",
     }
-    assert set(EMBEDDED_DATASETS) <= set(DATASET_NAMES)
+    assert set(EMBEDDED_DATASETS) == {"digits", "mnist1d", "synthetic", "chars"}
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "fashion-mnist", "text"])
+def test_file_based_datasets_ask_for_data_dir(name):
+    with pytest.raises(DataDirectoryError, match=f"dataset '{name}' is read from local files"):
+        load_dataset(name)
 
 
 def test_unknown_dataset_is_named():

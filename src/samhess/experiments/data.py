@@ -7,7 +7,6 @@ Read from local files under ``data_dir``: ``"cifar10"``, ``"cifar100"``, ``"mnis
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 from samhess._validation import check_choice, check_int_at_least
@@ -17,6 +16,7 @@ from .datasets.cifar import load_cifar10, load_cifar100
 from .datasets.digits import load_digits
 from .datasets.idx import load_fashion_mnist, load_mnist
 from .datasets.mnist_1d import load_mnist1d
+from .datasets.options import check_known_options, keyword_defaults
 from .datasets.synthetic import load_synthetic, synthetic_teacher
 from .datasets.task import TASK_KINDS, TaskData
 
@@ -45,8 +45,7 @@ LANGUAGE_MODEL_DATASETS = ("chars", "text")
 def dataset_options(name: str) -> dict[str, object]:
     """The options ``name`` accepts beyond ``data_dir`` and ``seed``, with their defaults."""
     name = check_choice("dataset", name, DATASET_NAMES)
-    parameters = inspect.signature(_LOADERS[name]).parameters.values()
-    return {p.name: p.default for p in parameters if p.name not in ("data_dir", "seed")}
+    return keyword_defaults(_LOADERS[name], exclude=("data_dir", "seed"))
 
 
 def load_dataset(name: str, *, data_dir=None, seed: int = 0, **options) -> TaskData:
@@ -72,13 +71,7 @@ def load_dataset(name: str, *, data_dir=None, seed: int = 0, **options) -> TaskD
     """
     name = check_choice("dataset", name, DATASET_NAMES)
     seed = check_int_at_least("seed", seed, 0)
-    accepted = dataset_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"unknown option {unknown[0]!r} for dataset {name!r}; accepted: "
-            f"{', '.join(sorted(accepted))}"
-        )
+    check_known_options("dataset", name, options, dataset_options(name))
     return _LOADERS[name](data_dir=data_dir, seed=seed, **options)
 
 

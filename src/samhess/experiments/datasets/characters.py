@@ -101,16 +101,13 @@ def character_task(
     train_x, train_y = train_x[order], train_y[order]
     test_x, test_y = windows(test_ids, seq_len, seq_len)
 
-    def tokens(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array))
-
     return TaskData(
         name=name,
         kind="language_model",
-        train_inputs=tokens(first_rows(train_x, limit)),
-        train_targets=tokens(first_rows(train_y, limit)),
-        test_inputs=tokens(first_rows(test_x, test_limit)),
-        test_targets=tokens(first_rows(test_y, test_limit)),
+        train_inputs=torch.from_numpy(first_rows(train_x, limit)),
+        train_targets=torch.from_numpy(first_rows(train_y, limit)),
+        test_inputs=torch.from_numpy(first_rows(test_x, test_limit)),
+        test_targets=torch.from_numpy(first_rows(test_y, test_limit)),
         input_shape=(seq_len,),
         num_outputs=len(alphabet),
         metadata={

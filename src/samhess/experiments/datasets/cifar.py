@@ -25,10 +25,13 @@ import numpy as np
 from samhess._validation import check_choice
 
 from .files import locate, require_data_dir
-from .preprocessing import channel_statistics, check_limit, first_rows, labels_tensor, standardize
+from .preprocessing import check_limit, standardized_image_task
 from .task import TaskData
 
 _IMAGE_SHAPE = (3, 32, 32)
+
+# Pixels are standardized on the 0-255 scale in which the files store them.
+_PIXEL_SCALE = {"scale": 255}
 
 # What a CIFAR batch needs to be rebuilt: numpy arrays (pickled by numpy 1 or 2, protocol 2 to 5)
 # and, for files written by Python 3 at protocol 2, bytes objects.
@@ -84,26 +87,6 @@ def read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, *_IMAGE_SHAPE), labels
 
 
-def _image_task(name, train, test, num_classes, limit, test_limit, source) -> TaskData:
-    (train_x, train_y), (test_x, test_y) = train, test
-    mean, std = channel_statistics(train_x)
-    return TaskData(
-        name=name,
-        kind="classification",
-        train_inputs=standardize(first_rows(train_x, limit), mean, std),
-        train_targets=labels_tensor(first_rows(train_y, limit), num_classes, source),
-        test_inputs=standardize(first_rows(test_x, test_limit), mean, std),
-        test_targets=labels_tensor(first_rows(test_y, test_limit), num_classes, source),
-        input_shape=tuple(train_x.shape[1:]),
-        num_outputs=num_classes,
-        metadata={
-            "source": source,
-            # Pixels are standardized on the 0-255 scale with the full training set's statistics.
-            "normalization": {"mean": mean.tolist(), "std": std.tolist(), "scale": 255},
-        },
-    )
-
-
 def load_cifar10(
     *, data_dir=None, seed: int = 0, limit: int | None = None, test_limit: int | None = None
 ) -> TaskData:
@@ -126,8 +109,10 @@ def load_cifar10(
     batches = [read_batch(files[n], b"labels") for n in names[:5]]
     train = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
     test = read_batch(files["test_batch"], b"labels")
-    source = str(files["test_batch"].parent)
-    return _image_task("cifar10", train, test, 10, limit, test_limit, source)
+    return standardized_image_task(
+        "cifar10", train, test, 10, limit=limit, test_limit=test_limit,
+        source=str(files["test_batch"].parent), normalization=_PIXEL_SCALE,
+    )
 
 
 def load_cifar100(
@@ -156,9 +141,8 @@ def load_cifar100(
     key = b"fine_labels" if labels == "fine" else b"coarse_labels"
     train = read_batch(files["train"], key)
     test = read_batch(files["test"], key)
-    task = _image_task(
-        "cifar100", train, test, 100 if labels == "fine" else 20, limit, test_limit,
-        str(files["test"].parent),
+    return standardized_image_task(
+        "cifar100", train, test, 100 if labels == "fine" else 20, limit=limit,
+        test_limit=test_limit, source=str(files["test"].parent), normalization=_PIXEL_SCALE,
+        metadata={"labels": labels},
     )
-    task.metadata["labels"] = labels
-    return task

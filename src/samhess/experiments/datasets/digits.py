@@ -10,14 +10,7 @@ from __future__ import annotations
 from sklearn.datasets import load_digits as sklearn_load_digits
 from sklearn.model_selection import train_test_split
 
-from .preprocessing import (
-    channel_statistics,
-    check_limit,
-    check_test_fraction,
-    first_rows,
-    labels_tensor,
-    standardize,
-)
+from .preprocessing import check_limit, check_test_fraction, standardized_image_task
 from .task import TaskData
 
 
@@ -51,19 +44,8 @@ def load_digits(
     train_x, test_x, train_y, test_y = train_test_split(
         images, labels, test_size=test_fraction, random_state=seed, stratify=labels
     )
-    mean, std = channel_statistics(train_x)
-    return TaskData(
-        name="digits",
-        kind="classification",
-        train_inputs=standardize(first_rows(train_x, limit), mean, std),
-        train_targets=labels_tensor(first_rows(train_y, limit), 10, "digits"),
-        test_inputs=standardize(first_rows(test_x, test_limit), mean, std),
-        test_targets=labels_tensor(first_rows(test_y, test_limit), 10, "digits"),
-        input_shape=(1, 8, 8),
-        num_outputs=10,
-        metadata={
-            "source": "sklearn.datasets.load_digits",
-            "normalization": {"mean": mean.tolist(), "std": std.tolist()},
-            "split": {"test_fraction": test_fraction, "stratified": True, "seed": seed},
-        },
+    return standardized_image_task(
+        "digits", (train_x, train_y), (test_x, test_y), 10, limit=limit, test_limit=test_limit,
+        source="sklearn.datasets.load_digits",
+        metadata={"split": {"test_fraction": test_fraction, "stratified": True, "seed": seed}},
     )

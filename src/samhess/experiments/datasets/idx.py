@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import locate, read_bytes, require_data_dir
-from .preprocessing import channel_statistics, check_limit, first_rows, labels_tensor, standardize
+from .preprocessing import check_limit, standardized_image_task
 from .task import TaskData
 
 IDX_FILES = (
@@ -86,21 +86,9 @@ def _load_idx_images(name, torchvision_dir, data_dir, limit, test_limit) -> Task
         raise ValueError(
             f"{name}: training images are {train_x.shape[2:]} but test images {test_x.shape[2:]}"
         )
-    mean, std = channel_statistics(train_x)
-    source = str(files[IDX_FILES[0]].parent)
-    return TaskData(
-        name=name,
-        kind="classification",
-        train_inputs=standardize(first_rows(train_x, limit), mean, std),
-        train_targets=labels_tensor(first_rows(train_y, limit), 10, source),
-        test_inputs=standardize(first_rows(test_x, test_limit), mean, std),
-        test_targets=labels_tensor(first_rows(test_y, test_limit), 10, source),
-        input_shape=tuple(train_x.shape[1:]),
-        num_outputs=10,
-        metadata={
-            "source": source,
-            "normalization": {"mean": mean.tolist(), "std": std.tolist(), "scale": 255},
-        },
+    return standardized_image_task(
+        name, (train_x, train_y), (test_x, test_y), 10, limit=limit, test_limit=test_limit,
+        source=str(files[IDX_FILES[0]].parent), normalization={"scale": 255},
     )
 
 

@@ -1,4 +1,4 @@
-"""Subsetting and normalization shared by the data set loaders."""
+"""Subsetting, normalization and image-classification assembly shared by the data set loaders."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import numpy as np
 import torch
 
 from samhess._validation import check_int_at_least, check_open_unit_interval
+
+from .task import TaskData
 
 
 def check_limit(name: str, value: int | None) -> int | None:
@@ -59,3 +61,41 @@ def labels_tensor(labels, num_classes: int, source: str) -> torch.Tensor:
             f"found values from {labels.min()} to {labels.max()}"
         )
     return torch.from_numpy(labels.astype(np.int64))
+
+
+def standardized_image_task(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    *,
+    limit: int | None,
+    test_limit: int | None,
+    source: str,
+    normalization: dict | None = None,
+    metadata: dict | None = None,
+) -> TaskData:
+    """A ``"classification"`` :class:`TaskData` from ``(images, labels)`` arrays per split.
+
+    Images ``(N, C, ...)`` are standardized per channel with the statistics of the full training
+    set (before ``limit``, so that a limited run sees the same pixels as a full one) and recorded
+    in ``metadata["normalization"]`` together with the entries of ``normalization``; ``metadata``
+    adds further entries.
+    """
+    (train_x, train_y), (test_x, test_y) = train, test
+    mean, std = channel_statistics(train_x)
+    return TaskData(
+        name=name,
+        kind="classification",
+        train_inputs=standardize(first_rows(train_x, limit), mean, std),
+        train_targets=labels_tensor(first_rows(train_y, limit), num_classes, source),
+        test_inputs=standardize(first_rows(test_x, test_limit), mean, std),
+        test_targets=labels_tensor(first_rows(test_y, test_limit), num_classes, source),
+        input_shape=tuple(train_x.shape[1:]),
+        num_outputs=num_classes,
+        metadata={
+            "source": source,
+            "normalization": {"mean": mean.tolist(), "std": std.tolist(), **(normalization or {})},
+            **(metadata or {}),
+        },
+    )

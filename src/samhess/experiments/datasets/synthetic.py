@@ -28,11 +28,9 @@ import torch.nn.functional as F
 
 from samhess._validation import check_choice, check_int_at_least, check_nonnegative
 
+from ..models.mlp import ACTIVATIONS
 from .preprocessing import check_limit, first_rows
 from .task import TaskData
-
-#: Activations the teacher (and so the default student) may use; names match the ``mlp`` model's.
-TEACHER_ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
 
 
 def teacher_parameters(
@@ -65,7 +63,8 @@ def teacher_forward(
     layers: list[tuple[torch.Tensor, torch.Tensor]], inputs: torch.Tensor, activation: str
 ) -> torch.Tensor:
     """The teacher network's output: affine layers with ``activation`` between them."""
-    act = TEACHER_ACTIVATIONS[activation]
+    # The student's own nonlinearity, so that loading the teacher into the student is exact.
+    act = ACTIVATIONS[activation]()
     hidden = inputs
     for index, (weight, bias) in enumerate(layers):
         hidden = F.linear(hidden, weight, bias)
@@ -114,7 +113,7 @@ def load_synthetic(
     input_dim = check_int_at_least("input_dim", input_dim, 1)
     output_dim = check_int_at_least("output_dim", output_dim, 1)
     hidden_sizes = tuple(check_int_at_least("hidden_sizes", h, 1) for h in hidden_sizes)
-    activation = check_choice("activation", activation, tuple(TEACHER_ACTIVATIONS))
+    activation = check_choice("activation", activation, tuple(ACTIVATIONS))
     noise = check_nonnegative("noise", noise)
     limit = check_limit("limit", limit)
     test_limit = check_limit("test_limit", test_limit)

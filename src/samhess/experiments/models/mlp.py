@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-#: Nonlinearities by name, shared with the teacher of the ``synthetic`` data set.
+#: Nonlinearities by name; the teacher of the ``synthetic`` data set uses the same ones.
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 

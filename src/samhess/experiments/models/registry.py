@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -11,6 +10,7 @@ from torch import nn
 
 from samhess._validation import check_choice, check_int_at_least, check_real
 
+from ..datasets.options import check_known_options, keyword_defaults
 from ..datasets.task import TaskData
 from .cnn import ConvNet
 from .mlp import ACTIVATIONS, MLP
@@ -133,8 +133,7 @@ def default_model_for(dataset: str) -> str:
 def model_options(name: str) -> dict[str, object]:
     """The options model ``name`` accepts beyond ``seed``, with their defaults."""
     name = check_choice("model", name, MODEL_NAMES)
-    parameters = list(inspect.signature(_MODELS[name][0]).parameters.values())[1:]
-    return {p.name: p.default for p in parameters}
+    return keyword_defaults(_MODELS[name][0])
 
 
 def check_fits(name: str, data: TaskData) -> None:
@@ -175,13 +174,7 @@ def build_model(name: str, data: TaskData, *, seed: int = 0, **options) -> nn.Mo
     """
     check_fits(name, data)
     seed = check_int_at_least("seed", seed, 0)
-    accepted = model_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"unknown option {unknown[0]!r} for model {name!r}; accepted: "
-            f"{', '.join(sorted(accepted) + ['seed'])}"
-        )
+    check_known_options("model", name, options, [*model_options(name), "seed"])
     resolved = {**data.metadata.get("model_defaults", {}).get(name, {}), **options}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
