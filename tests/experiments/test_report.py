@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -253,3 +254,19 @@ def test_every_tiny_setting_is_a_flag_mapping_to_its_config_key():
 
     args = build_parser().parse_args(["run", "--optimizer", "sgd", *tiny_cli_args()])
     assert _settings(args) == {"optimizer": "sgd", **TINY_RUN_FLAGS}
+
+
+def test_report_states_per_optimizer_whether_the_taylor_error_falls_like_rho(tiny_compare):
+    markdown = (tiny_compare / "report.md").read_text(encoding="utf-8")
+    page = (tiny_compare / "report.html").read_text(encoding="utf-8")
+    for name in ("sgd", "sam", "ire"):
+        # the report plots the first seed's analysis
+        analysis = json.loads(
+            (tiny_compare / name / "seed-0" / "analysis" / "analysis.json").read_text())
+        order = analysis["taylor"]["order"]
+        falls_like_rho = 0.8 <= order <= 1.2
+        line = next(text for text in markdown.splitlines() if text.startswith(f"- {name}: slope "))
+        assert line.startswith(f"- {name}: slope {order:.2f} of log error against log rho; ")
+        assert ("the error falls like rho" in line) == falls_like_rho
+        assert ("does not fall like rho" in line) == (not falls_like_rho)
+        assert line[2:-1] in html.unescape(page)

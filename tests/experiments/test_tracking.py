@@ -95,3 +95,13 @@ def test_optimizers_without_ire_have_no_ratio_against_a_base():
     record = measure_curvature(task.model, task.optimizer, task.tracking)
     assert record["gain_ratio_vs_base"] is None and record["sharp_gain_vs_base"] is None
     assert record["gain_ratio"] is not None
+
+
+def test_grad_norm_is_the_eval_mode_gradient_norm_on_the_tracking_batch():
+    task = _trained_task("sam", steps=1)
+    record = measure_curvature(task.model, task.optimizer, task.tracking)
+    model = copy.deepcopy(task.model).eval()
+    inputs, targets = task.tracking.batch
+    grads = torch.autograd.grad(task.loss_fn(model(inputs), targets), list(model.parameters()))
+    assert record["grad_norm"] == pytest.approx(float(_flat(grads).norm()), rel=1e-12)
+    assert record["grad_norm"] > 0.0

@@ -23,36 +23,18 @@ BatchNorm statistics are updated once per step, from the unperturbed weights.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from samhess._validation import check_choice
 from samhess.experiments.config import OPTIMIZER_NAMES
 
 _SAM_KINDS = {"sam": {}, "usam": {"normalize": False}, "asam": {"adaptive": True},
               "sam-ire": {}}
 _IRE_KINDS = {"ire", "sam-ire", "admire"}
 _ADAM_KINDS = {"adamw", "admire"}
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """What a name means: whether the step takes two passes (SAM) and whether IRE wraps it."""
-
-    name: str
-    two_pass: bool
-    ire: bool
-    adam: bool
-
-
-def optimizer_spec(name: str) -> OptimizerSpec:
-    """The kind of optimizer ``name`` is (see the table in this module's docstring)."""
-    if name not in OPTIMIZER_NAMES:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_NAMES)}, got {name!r}")
-    return OptimizerSpec(name=name, two_pass=name in _SAM_KINDS, ire=name in _IRE_KINDS,
-                         adam=name in _ADAM_KINDS)
 
 
 def build_optimizer(name: str, model: nn.Module,
@@ -71,22 +53,22 @@ def build_optimizer(name: str, model: nn.Module,
     """
     from samhess.optim import IRE, SAM
 
-    spec = optimizer_spec(name)
+    check_choice("optimizer", name, OPTIMIZER_NAMES)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
     lr = float(hparams["lr"])
     weight_decay = float(hparams.get("weight_decay", 0.0))
-    if spec.adam:
+    if name in _ADAM_KINDS:
         base = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    elif spec.two_pass:
+    elif name in _SAM_KINDS:
         base = SAM(params, torch.optim.SGD, rho=float(hparams["rho"]), lr=lr,
                    momentum=float(hparams.get("momentum", 0.0)), weight_decay=weight_decay,
                    **_SAM_KINDS[name])
     else:
         base = torch.optim.SGD(params, lr=lr, momentum=float(hparams.get("momentum", 0.0)),
                                weight_decay=weight_decay)
-    if not spec.ire:
+    if name not in _IRE_KINDS:
         return base
     return IRE(base, kappa=float(hparams["kappa"]), gamma=float(hparams["gamma"]),
                refresh_every=int(hparams.get("refresh_every", 10)),

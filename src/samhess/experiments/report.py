@@ -528,6 +528,34 @@ def plot_spectrum(groups: dict[str, list[RunFiles]]) -> bytes | None:
     return _png_bytes(figure)
 
 
+#: Slopes of log Taylor error against log rho that count as "falls like rho" (docs/theory.md).
+TAYLOR_ORDER_RANGE = (0.8, 1.2)
+
+
+def taylor_lines(groups: dict[str, list[RunFiles]]) -> list[str]:
+    """One plain sentence per optimizer on whether SAM's first-order expansion holds on its model.
+
+    The relative error of :math:`g + H e` against the true :math:`\\nabla L(w + e)` must fall
+    like :math:`\\rho` where the second-order expansion is accurate; a fitted slope outside
+    :data:`TAYLOR_ORDER_RANGE` says that, on this model and at these radii, it is not.
+    """
+    low, high = TAYLOR_ORDER_RANGE
+    lines = []
+    for name, runs in groups.items():
+        order = ((_first_analysis(runs) or {}).get("taylor") or {}).get("order")
+        if order is None:
+            continue
+        if low <= order <= high:
+            verdict = "the error falls like rho, as the second-order expansion predicts"
+        else:
+            verdict = (f"outside [{low}, {high}]: the error does not fall like rho, so the "
+                       "first-order picture g + rho H g / ||g|| is not accurate on this model "
+                       "at these radii (non-smooth activations such as ReLU, or rho past the "
+                       "expansion's range; see docs/theory.md)")
+        lines.append(f"{name}: slope {order:.2f} of log error against log rho; {verdict}")
+    return lines
+
+
 _PLOTS = (
     ("curves.png", "Curves over training", plot_curves),
     ("gains.png", "Gains against eigenvalue, with the prediction", plot_gains),
@@ -610,7 +638,7 @@ _CONVERGENCE_NOTE = (
 
 def _markdown(title: str, task: str, hyper: list[str], table: list[list[str]],
               claims: list[Claim], convergence: list[str],
-              images: list[tuple[str, str]]) -> str:
+              images: list[tuple[str, str]], notes: dict[str, list[str]]) -> str:
     lines = [f"# {title}", "", f"Task: {task}.", ""]
     lines += [f"- {line}" for line in hyper]
     lines += ["", _markdown_table(table), "", _EXPLANATION, ""]
@@ -624,6 +652,8 @@ def _markdown(title: str, task: str, hyper: list[str], table: list[list[str]],
         lines.append("")
     for filename, caption in images:
         lines += [f"## {caption}", "", f"![{caption}]({PLOTS_DIR}/{filename})", ""]
+        if notes.get(filename):
+            lines += [*(f"- {line}." for line in notes[filename]), ""]
     return "\n".join(lines)
 
 
@@ -643,7 +673,7 @@ p.note { color: #555; font-size: 0.92em; }
 
 def _html(title: str, task: str, hyper: list[str], table: list[list[str]],
           claims: list[Claim], convergence: list[str],
-          images: list[tuple[str, str, bytes]]) -> str:
+          images: list[tuple[str, str, bytes]], notes: dict[str, list[str]]) -> str:
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              f"<title>{esc(title)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
@@ -671,6 +701,8 @@ def _html(title: str, task: str, hyper: list[str], table: list[list[str]],
         parts += [f"<h2>{esc(caption)}</h2>",
                   f'<img id="{esc(filename[:-4])}" alt="{esc(caption)}" '
                   f'src="data:image/png;base64,{encoded}">']
+        if notes.get(filename):
+            parts += ["<ul>", *(f"<li>{esc(line)}.</li>" for line in notes[filename]), "</ul>"]
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
 
@@ -758,9 +790,10 @@ def build_report(directory: str | Path) -> Report:
     if is_compare:
         runfiles.write_json_atomic(directory / CLAIMS_FILE, [c.to_dict() for c in claims])
     task = _task_line(config)
+    notes = {"taylor.png": taylor_lines(groups)}
     markdown = _markdown(title, task, hyper, table, claims, convergence,
-                         [(f, c) for f, c, _ in images])
-    page = _html(title, task, hyper, table, claims, convergence, images)
+                         [(f, c) for f, c, _ in images], notes)
+    page = _html(title, task, hyper, table, claims, convergence, images, notes)
     runfiles.write_text_atomic(directory / "report.md", markdown)
     runfiles.write_text_atomic(directory / "report.html", page)
     return Report(directory=directory, summary=summary, claims=claims, table=table,

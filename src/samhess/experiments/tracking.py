@@ -126,19 +126,6 @@ def evaluate(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets:
     return total_loss / total_weight, accuracy
 
 
-def gradient_norm(model: nn.Module, loss_fn: Callable, batch: tuple, params: list) -> float:
-    """||grad L_B(w)|| in eval mode (the same function the Hessian is taken of)."""
-    was_training = model.training
-    model.eval()
-    try:
-        inputs, targets = batch
-        grads = torch.autograd.grad(loss_fn(model(inputs), targets), params, allow_unused=True)
-    finally:
-        model.train(was_training)
-    squares = [g.detach().pow(2).sum() for g in grads if g is not None]
-    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
-
-
 def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) -> dict[str, Any]:
     """Eigenvalues, trace, gradient norm and sharp/flat gains on the tracking batch.
 
@@ -162,7 +149,7 @@ def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) ->
                                    seed=setup.seed)
     eigenvalues = [float(v) for v in top.eigenvalues]
     return {
-        "grad_norm": gradient_norm(model, setup.loss_fn, setup.batch, params),
+        "grad_norm": float(gains.grad_norm),
         "lambda_max": eigenvalues[0],
         "eigenvalues": eigenvalues,
         "hessian_trace": float(estimate.estimate),
