@@ -93,6 +93,9 @@ def test_mode_is_restored_and_running_statistics_untouched():
     eval_product = HessianOperator(model, loss_fn, batch) @ v
     assert model.training and model[2].training
     assert relative_error(eval_product, reference_hessian(model, loss_fn, *batch) @ v) < 1e-10
+    forward_product = HessianOperator(model, loss_fn, batch, method="forward-over-reverse") @ v
+    assert model.training and model[2].training
+    assert relative_error(forward_product, eval_product) < 1e-10
     # Train mode: batch statistics, and the running averages still do not move.
     train_product = HessianOperator(model, loss_fn, batch, eval_mode=False) @ v
     assert model.training
@@ -125,6 +128,36 @@ def test_cached_graph_follows_parameter_updates():
     after = H @ v
     assert relative_error(after, reference_hessian(model, loss_fn, *batch) @ v) < 1e-10
     assert relative_error(after, before) > 1e-3
+
+
+def test_cached_graph_of_cast_data_is_kept_and_follows_in_place_edits():
+    model, loss_fn = make_mlp(), nn.CrossEntropyLoss()
+    inputs, targets = make_batch(5)
+    inputs = inputs.float()  # cast to float64 for every product: the cache must key on the original
+    H = HessianOperator(model, loss_fn, (inputs, targets))
+    v = torch.randn(H.dim, dtype=torch.float64)
+    before = H @ v
+    kept = H._cached_state
+    assert torch.equal(H @ v, before) and H._cached_state is kept
+    with torch.no_grad():
+        inputs.mul_(2.0)
+    after = H @ v
+    assert H._cached_state is not kept
+    assert relative_error(after, reference_hessian(model, loss_fn, inputs.double(), targets) @ v) < 1e-12
+    assert relative_error(after, before) > 1e-3
+
+
+def test_non_finite_loss_is_refused_on_every_product_after_a_kept_graph():
+    model, loss_fn = make_mlp(), nn.CrossEntropyLoss()
+    H = HessianOperator(model, loss_fn, make_batch(5))
+    v = torch.randn(H.dim, dtype=torch.float64)
+    H @ v
+    with torch.no_grad():
+        model[0].bias[0] = float("nan")
+    for _ in range(2):  # the graph of the non-finite loss must not be kept and reused unchecked
+        with pytest.raises(ValueError, match="loss over data is not finite"):
+            H @ v
+    assert H.num_matvecs == 1
 
 
 def test_gradient_and_scipy_operator():

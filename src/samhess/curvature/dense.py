@@ -10,7 +10,7 @@ from torch import nn
 
 from samhess.curvature.data import mean_over_data
 from samhess.curvature.hessian import HessianOperator
-from samhess.curvature.operators import evaluation_mode
+from samhess.curvature.operators import check_finite_loss
 from samhess.curvature.vectors import flatten, unflatten
 
 
@@ -39,10 +39,6 @@ def dense_hessian(
 
         return torch.func.hessian(loss_at)(point), loss_at(point).detach()
 
-    with evaluation_mode(model, operator.eval_mode):
-        (matrix, loss), _ = mean_over_data(
-            batch_hessian, data, device=operator.device, dtype=operator.dtype
-        )
-    if not torch.isfinite(loss):
-        raise ValueError(f"the loss over data is not finite ({loss.item()}); its Hessian is undefined")
+    (matrix, loss), _ = mean_over_data(batch_hessian, data, device=operator.device, dtype=operator.dtype)
+    check_finite_loss(loss, "Hessian")
     return (matrix + matrix.T) / 2

@@ -9,7 +9,7 @@ import torch
 from samhess._validation import check_choice, check_int_at_least
 from samhess.curvature.fisher import FisherOperator
 from samhess.curvature.ggn import GGNOperator
-from samhess.curvature.operators import as_operator
+from samhess.curvature.operators import as_operator, identity_columns
 from samhess.curvature.trace import rademacher
 from samhess.curvature.vectors import flatten
 
@@ -58,10 +58,8 @@ def diagonal(
         entries = []
         for start in range(0, H.dim, block_size):
             stop = min(start + block_size, H.dim)
-            columns = torch.arange(start, stop, device=H.device)
-            block = torch.zeros(H.dim, stop - start, dtype=H.dtype, device=H.device)
-            block[columns, columns - start] = 1
-            entries.append((H @ block)[columns, columns - start])
+            block = identity_columns(H.dim, start, stop, dtype=H.dtype, device=H.device)
+            entries.append((H @ block)[start:stop].diagonal())
         return torch.cat(entries)
     num_matvecs = check_int_at_least("num_matvecs", num_matvecs, 1)
     generator = torch.Generator(device=H.device).manual_seed(seed)

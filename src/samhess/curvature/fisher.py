@@ -38,7 +38,7 @@ from samhess.curvature.losses import (
     output_gradients,
     sample_targets,
 )
-from samhess.curvature.operators import CurvatureOperator, evaluation_mode, gradient_products
+from samhess.curvature.operators import CurvatureOperator, check_finite_loss, gradient_products
 from samhess.curvature.vectors import flatten, unflatten
 
 
@@ -135,12 +135,8 @@ class FisherOperator(CurvatureOperator):
                 total.add_(gradient.square(), alpha=count)
             return total / num_samples, self.loss_fn(outputs.detach(), targets)
 
-        with evaluation_mode(self.model, self.eval_mode):
-            (estimate, loss), _ = mean_over_data(
-                batch_estimate, self.data, device=self.device, dtype=self.dtype
-            )
-        if not torch.isfinite(loss):
-            raise ValueError(f"the loss over data is not finite ({loss.item()}); its Fisher is undefined")
+        (estimate, loss), _ = mean_over_data(batch_estimate, self.data, device=self.device, dtype=self.dtype)
+        check_finite_loss(loss, "Fisher")
         return [t.clone() for t in unflatten(estimate, self.params)]
 
 

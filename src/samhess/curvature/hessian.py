@@ -11,7 +11,7 @@ from torch import nn
 
 from samhess._validation import check_choice
 from samhess.curvature.data import mean_over_data
-from samhess.curvature.operators import CurvatureOperator, evaluation_mode, gradient_products
+from samhess.curvature.operators import CurvatureOperator, check_finite_loss, gradient_products
 from samhess.curvature.vectors import flatten, unflatten
 
 HVP_METHODS = ("double-backward", "forward-over-reverse")
@@ -136,10 +136,6 @@ class HessianOperator(CurvatureOperator):
             grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
             return flatten(grads), loss.detach()
 
-        with evaluation_mode(self.model, self.eval_mode):
-            (grad, loss), _ = mean_over_data(
-                batch_gradient, self.data, device=self.device, dtype=self.dtype
-            )
-        if not torch.isfinite(loss):
-            raise ValueError(f"the loss over data is not finite ({loss.item()})")
+        (grad, loss), _ = mean_over_data(batch_gradient, self.data, device=self.device, dtype=self.dtype)
+        check_finite_loss(loss, "gradient")
         return grad

@@ -22,6 +22,7 @@ from torch.func import functional_call
 
 from samhess.curvature.data import check_data, holds_single_batch, mean_over_data
 from samhess.curvature.vectors import flatten, trainable_parameters, unflatten
+from samhess.distributed.collectives import ShardedData
 
 
 def resolve_parameters(model: nn.Module, params: Iterable[torch.Tensor] | None) -> list[nn.Parameter]:
@@ -71,8 +72,11 @@ def resolve_parameters(model: nn.Module, params: Iterable[torch.Tensor] | None) 
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module, eval_mode: bool) -> Iterator[None]:
     """Put ``model`` in eval mode if ``eval_mode``; restore every submodule's flag on exit."""
+    if not eval_mode:
+        yield
+        return
     flags = [(module, module.training) for module in model.modules()]
-    if not eval_mode or not any(training for _, training in flags):
+    if not any(training for _, training in flags):
         yield
         return
     model.eval()
@@ -132,6 +136,7 @@ class CurvatureOperator:
         self._watched = [*model.parameters(), *model.buffers()]
         self._cached_state: Any = None
         self._cached_key: tuple | None = None
+        self._reused_cached_state = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -169,17 +174,22 @@ class CurvatureOperator:
 
     def _product(self, rows: torch.Tensor) -> torch.Tensor:
         """Products with the ``k`` rows of ``rows`` (shape ``(k, dim)``), as rows."""
-        with evaluation_mode(self.model, self.eval_mode):
-            (products, loss), _ = mean_over_data(
-                lambda inputs, targets: self._batch_product(inputs, targets, rows),
-                self.data,
-                device=self.device,
-                dtype=self.dtype,
-            )
-        if not torch.isfinite(loss):
-            raise ValueError(
-                f"the loss over data is not finite ({loss.item()}); its curvature is undefined"
-            )
+        self._reused_cached_state = False
+        (products, loss), _ = mean_over_data(
+            lambda inputs, targets: self._batch_product(inputs, targets, rows),
+            self.data,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        # A kept graph's loss was checked when it was built, so a product on it skips the check
+        # (a host-device synchronisation). A sharded mean also holds the other ranks' losses,
+        # whose graphs may have been rebuilt: it is checked every time, on every rank alike.
+        if not self._reused_cached_state or isinstance(self.data, ShardedData):
+            try:
+                check_finite_loss(loss, "curvature")
+            except ValueError:
+                self._cached_state = self._cached_key = None
+                raise
         self.num_matvecs += rows.shape[0]
         return products
 
@@ -207,16 +217,21 @@ class CurvatureOperator:
         """
         if not (self.cache_graph and holds_single_batch(self.data)):
             return self._prepare(inputs, targets)
-        key = self._version_key(inputs, targets)
-        if self._cached_key != key:
+        key = self._version_key()
+        if self._cached_key == key:
+            self._reused_cached_state = True
+        else:
             self._cached_state = None  # free the old graph before building a new one
             self._cached_state = self._prepare(inputs, targets)
             self._cached_key = key
         return self._cached_state
 
-    def _version_key(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple:
-        tensors = [*self._watched, inputs, targets]
-        return (self.model.training, *((t._version, t.data_ptr()) for t in tensors))
+    def _version_key(self) -> tuple:
+        # The batch as given, not its copy cast to ``dtype``: a fresh copy each product would
+        # never match, and the original's version counter is the one in-place edits move.
+        batch = self.data.data if isinstance(self.data, ShardedData) else self.data
+        mode = None if self.eval_mode else self.model.training
+        return (mode, *((t._version, t.data_ptr()) for t in (*self._watched, *batch)))
 
     # ----------------------------------------------------------------------------- the model
     def _leaves(self) -> list[torch.Tensor]:
@@ -224,14 +239,19 @@ class CurvatureOperator:
         return [p.detach().requires_grad_(True) for p in self.params]
 
     def _outputs(self, values: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
-        """The model's outputs with ``params`` replaced by ``values``."""
+        """The model's outputs with ``params`` replaced by ``values``, in eval mode if ``eval_mode``.
+
+        Only here does the model run, so only here is its mode switched: a product on a kept
+        graph does not touch it.
+        """
         named = dict(self.model.named_parameters())
         tensors = {name: named[name].detach() for name in self._other_names}
         tensors.update(zip(self._names, values))
         if not self.eval_mode:
             # In train mode BatchNorm writes its running averages: give it copies to write to.
             tensors.update({name: b.clone() for name, b in self.model.named_buffers()})
-        return functional_call(self.model, tensors, (inputs,))
+        with evaluation_mode(self.model, self.eval_mode):
+            return functional_call(self.model, tensors, (inputs,))
 
     # ----------------------------------------------------------------------------- conversions
     def as_linear_operator(self):
@@ -256,10 +276,23 @@ class CurvatureOperator:
         columns = []
         for start in range(0, self.dim, block_size):
             stop = min(start + block_size, self.dim)
-            block = torch.zeros(self.dim, stop - start, dtype=self.dtype, device=self.device)
-            block[torch.arange(start, stop), torch.arange(stop - start)] = 1
-            columns.append(self @ block)
+            columns.append(self @ identity_columns(self.dim, start, stop, dtype=self.dtype, device=self.device))
         return torch.cat(columns, dim=1)
+
+
+def identity_columns(
+    dim: int, start: int, stop: int, *, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Columns ``start:stop`` of the ``dim x dim`` identity, shape ``(dim, stop - start)``."""
+    block = torch.zeros(dim, stop - start, dtype=dtype, device=device)
+    block[start:stop].fill_diagonal_(1)
+    return block
+
+
+def check_finite_loss(loss: torch.Tensor, quantity: str) -> None:
+    """Raise ``ValueError`` if the mean ``loss`` is not finite: its ``quantity`` is undefined."""
+    if not torch.isfinite(loss):
+        raise ValueError(f"the loss over data is not finite ({loss.item()}); its {quantity} is undefined")
 
 
 def gradient_products(
