@@ -11,6 +11,7 @@ import torch
 
 from samhess.analysis import plot_taylor, taylor_check, trace_identity_check
 from samhess.analysis.taylor import log_log_slope
+from samhess.optim import ASAM, IRE, SAM, USAM
 
 RHOS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 
@@ -20,12 +21,13 @@ def test_quadratic_expansions_are_exact(quadratic):
     model, loss_fn, batch, matrix, _, _ = quadratic
     w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     g = matrix @ w
-    for mode in ("sam", "usam"):
-        check = taylor_check(model, loss_fn, batch, RHOS, mode=mode)
+    usam = USAM(model.parameters(), torch.optim.SGD, rho=1.0, lr=0.1)
+    for perturbation in (None, usam):
+        check = taylor_check(model, loss_fn, batch, RHOS, perturbation)
         for rho, abs_error, correction, quadratic_term in zip(
                 check.rhos, check.grad_abs_error, check.grad_correction_norms,
                 check.quadratic_terms):
-            e = rho * g / g.norm() if mode == "sam" else rho * g
+            e = rho * g / g.norm() if perturbation is None else rho * g
             assert correction == pytest.approx(float((matrix @ e).norm()), rel=1e-9)
             assert abs_error <= 1e-12 * correction
             assert quadratic_term == pytest.approx(float(0.5 * e @ matrix @ e), rel=1e-12)
@@ -71,7 +73,7 @@ def test_errors_equal_dense_hessian_computation(trained_digits_mlp, digits_batch
         assert torch.equal(b, p.detach())
 
     payload = json.loads(json.dumps(check.to_dict(), allow_nan=False))
-    assert payload["rhos"] == RHOS and payload["mode"] == "sam"
+    assert payload["rhos"] == RHOS and payload["perturbation"] == "SAM: rho g / ||g||"
     path = plot_taylor(check, tmp_path / "taylor.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -84,8 +86,12 @@ def test_log_log_slope():
 
 def test_bad_arguments(quadratic):
     model, loss_fn, batch, _, _, _ = quadratic
-    with pytest.raises(ValueError, match="mode must be one of"):
-        taylor_check(model, loss_fn, batch, RHOS, mode="asam")
+    with pytest.raises(TypeError, match="perturbation must be"):
+        taylor_check(model, loss_fn, batch, RHOS, "asam")
+    with pytest.raises(TypeError, match="first_step"):
+        taylor_check(model, loss_fn, batch, RHOS, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match="must return a flat tensor"):
+        taylor_check(model, loss_fn, batch, RHOS, lambda g, rho: rho)
     with pytest.raises(ValueError, match=r"rhos\[1\] must be > 0"):
         taylor_check(model, loss_fn, batch, [0.1, -0.1])
     with pytest.raises(ValueError, match="rhos must hold at least one"):
@@ -128,3 +134,39 @@ def test_trace_identity_on_network(trained_digits_mlp, digits_batch, batch_hessi
     assert abs(check.z_score) < 4
     # SAM's direction sees far more curvature than the average direction does.
     assert check.rayleigh_quotient > 5 * check.mean_eigenvalue
+
+
+def test_asam_perturbation_against_its_formula(quadratic):
+    """ASAM's e = rho |w|^2 g / || |w| g ||, read off its first_step, makes the expansion exact on a
+    quadratic: the correction equals A e, and the optimizer and weights are untouched."""
+    model, loss_fn, batch, matrix, _, _ = quadratic
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    g = matrix @ w
+    asam = IRE(ASAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1), kappa=1.0, gamma=0.5)
+    rho_before = [group["rho"] for group in asam.param_groups]
+    check = taylor_check(model, loss_fn, batch, RHOS, asam)
+    assert check.perturbation == "IRE(ASAM(SGD))"
+    for rho, correction, norm in zip(check.rhos, check.grad_correction_norms,
+                                     check.perturbation_norms):
+        e = rho * w.abs() ** 2 * g / (w.abs() * g).norm()
+        assert norm == pytest.approx(float(e.norm()), rel=1e-12)
+        assert correction == pytest.approx(float((matrix @ e).norm()), rel=1e-9)
+    assert max(check.grad_rel_error) < 1e-10
+    assert [group["rho"] for group in asam.param_groups] == rho_before
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in model.parameters()]), w)
+
+
+def test_callable_perturbation_equals_sam_optimizer(trained_digits_mlp, digits_batch):
+    """A callable giving SAM's e and a SAM optimizer give the same check, to rounding."""
+    model, loss_fn = trained_digits_mlp
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+
+    def along_gradient(g, rho):
+        return rho * g / g.norm()
+
+    by_callable = taylor_check(model, loss_fn, digits_batch, RHOS, along_gradient)
+    by_optimizer = taylor_check(model, loss_fn, digits_batch, RHOS, sam)
+    assert by_callable.perturbation == "along_gradient"
+    np.testing.assert_allclose(by_callable.grad_rel_error, by_optimizer.grad_rel_error, rtol=1e-7)
+    np.testing.assert_allclose(by_callable.perturbation_norms, RHOS, rtol=1e-12)

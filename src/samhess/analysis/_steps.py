@@ -233,19 +233,30 @@ def measure_step(
 ) -> torch.Tensor:
     """The flat step :math:`D = w_\\text{after} - w_\\text{before}` of one ``optimizer.step``.
 
-    The step is taken through a closure (zero the gradients, forward, backward, return the
-    loss), which plain torch optimizers call once and SAM twice. The caller restores the state.
+    The contract that lets any ``torch.optim.Optimizer`` be measured, samhess's or another
+    library's:
+
+    * the gradient at :math:`w` of the batch is in every stepped parameter's ``.grad`` before
+      ``step`` is called (an optimizer whose ``step(closure)`` starts from the gradient already
+      present, as many SAM implementations do, would otherwise use none, or a stale one);
+    * the step is taken through a closure (zero the gradients, forward, backward, return the
+      loss), which plain torch optimizers call once and SAM-type optimizers twice or more;
+    * the closure enables autograd itself, so an optimizer may call it under ``torch.no_grad``.
+
+    The caller restores the state.
     """
     inputs, targets = batch
     stepped = optimizer_parameters(optimizer)
 
     def closure() -> torch.Tensor:
-        for p in stepped:
-            p.grad = None
-        loss = loss_fn(model(inputs), targets)
-        loss.backward()
+        with torch.enable_grad():
+            for p in stepped:
+                p.grad = None
+            loss = loss_fn(model(inputs), targets)
+            loss.backward()
         return loss
 
+    closure()
     before = flatten(params)
     optimizer.step(closure)
     return flatten(params) - before

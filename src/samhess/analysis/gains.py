@@ -117,24 +117,19 @@ def _gain_predictions(
     directions: torch.Tensor,
     eigenvalues: torch.Tensor | None,
     reference_components: torch.Tensor,
-) -> tuple[list[float] | None, str]:
-    if measurement.predicted_step is None:
-        return None, ""
-    coefficient = measurement.sam_coefficient
+) -> tuple[list[float] | None, str, bool]:
+    """The predicted gains, their formula (for display), and whether they are a line in lambda."""
+    prediction = measurement.prediction
+    if prediction is None:
+        return None, "", False
     if (
         eigenvalues is not None
-        and coefficient is not None
+        and prediction.gain_is_linear_in_eigenvalue
         and measurement.gain_reference_is_gradient
     ):
-        if coefficient == 0.0:
-            formula = "1"
-        elif measurement.prediction_formula.endswith("/ ||g||)"):
-            formula = "1 + rho lambda / ||g||"
-        else:
-            formula = "1 + rho lambda"
-        return (1.0 + coefficient * eigenvalues).tolist(), formula
-    predicted = (directions.T @ measurement.predicted_step) / reference_components
-    return predicted.tolist(), f"<v, {measurement.prediction_formula}> / <v, D_ref>"
+        return (1.0 + prediction.coefficient * eigenvalues).tolist(), prediction.gain_formula, True
+    predicted = (directions.T @ prediction.step) / reference_components
+    return predicted.tolist(), f"<v, {prediction.formula}> / <v, D_ref>", False
 
 
 def directional_gains(
@@ -209,7 +204,7 @@ def directional_gains(
     )
     components = vectors.T @ measurement.step
     reference_components = vectors.T @ measurement.reference_step
-    predictions, formula = _gain_predictions(
+    predictions, formula, linear = _gain_predictions(
         measurement, vectors, given_eigenvalues, reference_components
     )
     return DirectionalGains(
@@ -220,6 +215,7 @@ def directional_gains(
         reference_components=reference_components.tolist(),
         predictions=predictions,
         prediction_formula=formula,
+        predictions_linear_in_eigenvalue=linear,
         eigenvalues=None if given_eigenvalues is None else given_eigenvalues.tolist(),
         lr=measurement.lr,
         grad_norm=float(measurement.gradient.norm()),

@@ -67,9 +67,13 @@ def plot_gains(result: DirectionalGains | SharpFlatGains, path: str | Path) -> P
             axes.set_xlabel("direction")
         axes.plot(x, _finite(result.gains), "o", label="measured")
         if result.predictions is not None:
-            order = np.argsort(x)
-            axes.plot(x[order], _finite(result.predictions)[order], "-", color="C1",
-                      label=f"prediction {result.prediction_formula}")
+            label = f"prediction {result.prediction_formula}"
+            if result.predictions_linear_in_eigenvalue:
+                order = np.argsort(x)
+                axes.plot(x[order], _finite(result.predictions)[order], "-", color="C1",
+                          label=label)
+            else:  # one prediction per direction (IRE's mask, ASAM): not a function of x
+                axes.plot(x, _finite(result.predictions), "x", color="C1", label=label)
         title = f"{result.optimizer} over {result.reference}"
     else:
         raise TypeError(
@@ -101,7 +105,8 @@ def plot_taylor(result: TaylorCheck, path: str | Path) -> Path:
         axes.loglog(rhos, anchor[0] * rhos / rhos[0], ":", color="0.5", label="slope 1")
     axes.set_xlabel("rho")
     axes.set_ylabel("remainder / correction")
-    axes.set_title(f"Taylor check ({result.mode}), ||g|| = {result.grad_norm:.3g}", fontsize=10)
+    axes.set_title(f"Taylor check ({result.perturbation}), ||g|| = {result.grad_norm:.3g}",
+                   fontsize=10)
     axes.legend(fontsize=8)
     return _save(figure, path)
 

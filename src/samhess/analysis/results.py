@@ -49,10 +49,11 @@ class _PlainData:
 
 @dataclass
 class TaylorCheck(_PlainData):
-    r"""SAM's gradient and loss at :math:`w + e` against their Taylor predictions.
+    r"""A perturbed gradient and loss at :math:`w + e` against their Taylor predictions.
 
     Attributes:
-        mode: ``"sam"`` (:math:`e = \rho g/\lVert g\rVert`) or ``"usam"`` (:math:`e = \rho g`).
+        perturbation: what :math:`e` was: ``"SAM: rho g / ||g||"``, the optimizer whose
+            ``first_step`` gave it (e.g. ``"ASAM(SGD)"``), or the callable's name.
         rhos: the radii, as given.
         grad_rel_error: :math:`\lVert \nabla L(w+e) - (g + He)\rVert / \lVert \nabla L(w+e) - g\rVert`
             per radius: the first-order remainder relative to the measured correction.
@@ -74,7 +75,7 @@ class TaylorCheck(_PlainData):
         rayleigh_quotient: :math:`g^\top H g / \lVert g\rVert^2`.
     """
 
-    mode: str
+    perturbation: str
     rhos: list[float]
     grad_rel_error: list[float]
     loss_rel_error: list[float]
@@ -140,7 +141,11 @@ class DirectionalGains(_PlainData):
         reference_components: :math:`\langle v_i, D_\text{ref}\rangle`.
         predictions: the theory's gain per direction, or ``None`` where the theory gives none
             for this optimizer (see ``prediction_formula``).
-        prediction_formula: the formula behind ``predictions`` (empty when there are none).
+        prediction_formula: the formula behind ``predictions`` (empty when there are none),
+            for display.
+        predictions_linear_in_eigenvalue: whether ``predictions`` are :math:`1 + c\lambda_i`, a
+            function of the eigenvalue (SGD, SAM, USAM against the gradient step), rather than
+            one value per direction (IRE's mask, ASAM's perturbation).
         eigenvalues: eigenvalues of the directions when given, else ``None``.
         lr: the learning rate of the first parameter group.
         grad_norm: :math:`\lVert g\rVert` on the batch at the current weights.
@@ -155,6 +160,7 @@ class DirectionalGains(_PlainData):
     reference_components: list[float]
     predictions: list[float] | None
     prediction_formula: str
+    predictions_linear_in_eigenvalue: bool
     eigenvalues: list[float] | None
     lr: float
     grad_norm: float

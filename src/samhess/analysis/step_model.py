@@ -1,26 +1,15 @@
 r"""One optimizer step measured, with the reference step and the theory's prediction of it.
 
-The seed note's claims are statements about one step :math:`D` from weights :math:`w` on a batch
-with gradient :math:`g` and Hessian :math:`H`, to first order in the perturbation:
-
-* SGD (no momentum, no weight decay): :math:`D = -\eta g`, exactly;
-* SAM over such SGD: :math:`D \approx -\eta\,(g + \rho H g/\lVert g\rVert)`
-  (USAM: :math:`-\eta\,(g + \rho H g)`), from :math:`\nabla L(w + e) \approx g + He`;
-* IRE over any base with step :math:`D_\text{base}`:
-  :math:`D = (I + \kappa M) D_\text{base}` with :math:`M = \operatorname{diag}(m)` its 0/1 mask
-  of flat coordinates, exactly (Wang et al., NeurIPS 2024).
-
 :func:`measure_steps` takes the real step with the real optimizer, the reference step (by
 default the plain gradient step :math:`-\eta g` with the optimizer's learning rates) and the
-predicted step where the theory gives one, and leaves the model and the optimizers exactly as it
-found them.
+predicted step where the theory gives one (:mod:`samhess.analysis.predictions`, looked up by the
+optimizer's exact type), and leaves the model and the optimizers exactly as it found them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -33,12 +22,11 @@ from samhess.analysis._steps import (
     learning_rates,
     measure_step,
     optimizer_chain,
-    optimizer_parameters,
     preserved_training_state,
     resolve_parameters,
 )
+from samhess.analysis.predictions import FirstOrderPrediction, PredictionContext, predict_step
 from samhess.curvature import HessianOperator
-from samhess.optim import IRE, SAM
 
 __all__ = ["StepMeasurement", "measure_steps"]
 
@@ -57,14 +45,12 @@ class StepMeasurement:
         step: :math:`D`, the optimizer's real step.
         reference_step: :math:`D_\text{ref}`.
         learning_rates: per-coordinate learning rate :math:`\eta` of the optimizer's groups.
-        predicted_step: the theory's :math:`D` (``None`` where it gives none).
-        prediction_formula: the formula of ``predicted_step``.
-        sam_coefficient: :math:`c` in :math:`D = -\eta (g + c H g)` when the step has that form
-            without an IRE amplification (:math:`\rho/\lVert g\rVert` for SAM, :math:`\rho` for
-            USAM, 0 for SGD), else ``None``.
+        prediction: the theory's step (``None`` where no rule is registered for the
+            optimizer's type, or the rule gives none from this state).
         gain_reference_is_gradient: whether ``reference_step`` is :math:`-\eta g` with one
             learning rate for every coordinate, the case where an eigenvector's predicted gain
-            is :math:`1 + c\lambda`.
+            of a :attr:`~samhess.analysis.predictions.StepForm.SHARPNESS_AWARE` step is
+            :math:`1 + c\lambda`.
     """
 
     optimizer: str
@@ -73,9 +59,7 @@ class StepMeasurement:
     step: torch.Tensor
     reference_step: torch.Tensor
     learning_rates: torch.Tensor
-    predicted_step: torch.Tensor | None
-    prediction_formula: str
-    sam_coefficient: float | None
+    prediction: FirstOrderPrediction | None
     gain_reference_is_gradient: bool
 
     @property
@@ -83,107 +67,19 @@ class StepMeasurement:
         """The learning rate of the first coordinate's group."""
         return float(self.learning_rates[0])
 
+    @property
+    def predicted_step(self) -> torch.Tensor | None:
+        """The predicted step :math:`\\hat D` (``None`` without a prediction)."""
+        return None if self.prediction is None else self.prediction.step
 
-@dataclass
-class _Prediction:
-    step: torch.Tensor
-    formula: str
-    sam_coefficient: float | None
-
-
-@dataclass
-class _Context:
-    hessian: HessianOperator
-    gradient: torch.Tensor
-    rates: torch.Tensor
-    params: Sequence[torch.Tensor]
-    reference: Any
-    reference_step: torch.Tensor
-
-    @cached_property
-    def hessian_gradient(self) -> torch.Tensor:
-        """:math:`Hg`, computed only if a prediction needs it."""
-        return self.hessian @ self.gradient
+    @property
+    def prediction_formula(self) -> str:
+        """The predicted step's formula, for display (empty without a prediction)."""
+        return "" if self.prediction is None else self.prediction.formula
 
 
 def _is_optimizer(value: object) -> bool:
     return callable(getattr(value, "step", None)) and hasattr(value, "param_groups")
-
-
-def _steps_plain_gradient(optimizer: Any) -> bool:
-    """Whether one step of ``optimizer`` is exactly :math:`-\\eta g`."""
-    if not isinstance(optimizer, torch.optim.SGD):
-        return False
-    if type(optimizer).step is not torch.optim.SGD.step:  # a subclass may change the update
-        return False
-    return all(
-        group.get("momentum", 0) == 0
-        and group.get("weight_decay", 0) == 0
-        and not group.get("maximize", False)
-        for group in optimizer.param_groups
-    )
-
-
-def _same_parameters(optimizer: Any, params: Sequence[torch.Tensor]) -> bool:
-    stepped = {id(p) for p in optimizer_parameters(optimizer) if p.requires_grad}
-    return stepped == {id(p) for p in params}
-
-
-def _ire_amplification(ire: IRE, params: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    r"""The flat vector :math:`\kappa_t m` IRE applies at its next step (``None``: none)."""
-    if ire.mask is None or ire.step_count < ire.start_step or ire.kappa == 0.0:
-        return None
-    kappa_of, mask_of = {}, {}
-    for index, group in enumerate(ire.param_groups):
-        kappa = ire.current_kappa(index)
-        for p in group["params"]:
-            kappa_of[id(p)] = kappa
-    for p, mask in zip(optimizer_parameters(ire), ire.mask):
-        mask_of[id(p)] = mask
-    return torch.cat(
-        [kappa_of[id(p)] * mask_of[id(p)].reshape(-1).to(dtype=p.dtype) for p in params]
-    )
-
-
-def _predict(optimizer: Any, context: _Context) -> _Prediction | None:
-    if isinstance(optimizer, IRE):
-        inner = optimizer.optimizer
-        if context.reference is inner:
-            base = _Prediction(context.reference_step, "D_ref", None)
-        else:
-            base = _predict(inner, context)
-            if base is None:
-                return None
-        amplification = _ire_amplification(optimizer, context.params)
-        if amplification is None:
-            return base
-        return _Prediction(
-            base.step + amplification * base.step, f"(I + kappa M)[{base.formula}]", None
-        )
-    if isinstance(optimizer, SAM):
-        groups = optimizer.param_groups
-        if (
-            not _steps_plain_gradient(optimizer.base_optimizer)
-            or not _same_parameters(optimizer, context.params)
-            or any(group["adaptive"] for group in groups)
-            or len({float(group["rho"]) for group in groups}) != 1
-            or len({bool(group["normalize"]) for group in groups}) != 1
-        ):
-            return None
-        rho = float(groups[0]["rho"])
-        g = context.gradient
-        if groups[0]["normalize"]:
-            norm = float(g.norm())
-            if norm == 0.0:
-                return None
-            coefficient, formula = rho / norm, "-lr (g + rho H g / ||g||)"
-        else:
-            coefficient, formula = rho, "-lr (g + rho H g)"
-        step = -context.rates * (g + coefficient * context.hessian_gradient)
-        return _Prediction(step, formula, coefficient)
-    if _steps_plain_gradient(optimizer):
-        return _Prediction(-context.rates * context.gradient, "-lr g", 0.0)
-    return None
 
 
 def measure_steps(
@@ -267,8 +163,8 @@ def measure_steps(
                 reference_step = measure_step(model, loss_fn, batch, reference, params)
             reference_name = describe_optimizer(reference)
 
-        context = _Context(hessian, gradient, rates, params, reference, reference_step)
-        prediction = _predict(optimizer, context)
+        context = PredictionContext(hessian, gradient, rates, params, reference, reference_step)
+        prediction = predict_step(optimizer, context)
 
     uniform_rate = bool((rates == rates[0]).all())
     return StepMeasurement(
@@ -278,8 +174,6 @@ def measure_steps(
         step=step,
         reference_step=reference_step,
         learning_rates=rates,
-        predicted_step=None if prediction is None else prediction.step,
-        prediction_formula="" if prediction is None else prediction.formula,
-        sam_coefficient=None if prediction is None else prediction.sam_coefficient,
+        prediction=prediction,
         gain_reference_is_gradient=reference is None and uniform_rate,
     )

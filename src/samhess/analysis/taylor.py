@@ -34,26 +34,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from samhess._validation import check_choice, check_int_at_least, check_positive
+from samhess._validation import check_int_at_least, check_positive
 from samhess.analysis._steps import (
     check_batch,
+    describe_optimizer,
     evaluation_mode,
     loss_and_gradient,
+    optimizer_parameters,
     perturbed,
     preserved_training_state,
     resolve_parameters,
 )
 from samhess.analysis.results import TaylorCheck, TraceIdentityCheck
 from samhess.curvature import HessianOperator, trace
+from samhess.curvature.vectors import flatten, unflatten
+from samhess.optim import IRE
 
-__all__ = ["taylor_check", "trace_identity_check", "log_log_slope"]
+__all__ = [
+    "taylor_check",
+    "trace_identity_check",
+    "log_log_slope",
+    "optimizer_perturbation",
+    "sam_perturbation",
+    "PerturbationFunction",
+]
 
-MODES = ("sam", "usam")
+#: A perturbation as a function: the flat gradient :math:`g` at :math:`w` and a radius
+#: :math:`\rho` in, the flat perturbation :math:`e` out.
+PerturbationFunction = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 def log_log_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -85,34 +99,109 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator != 0 else math.nan
 
 
+def sam_perturbation(g: torch.Tensor, rho: float) -> torch.Tensor:
+    """SAM's perturbation :math:`e = \\rho\\, g/\\lVert g\\rVert` (Foret et al., ICLR 2021)."""
+    return rho * g / g.norm()
+
+
+def _sharpness_aware(optimizer: Any) -> Any:
+    """The optimizer whose ``first_step`` perturbs: ``optimizer``, or what an IRE wraps."""
+    while isinstance(optimizer, IRE):
+        optimizer = optimizer.optimizer
+    groups = getattr(optimizer, "param_groups", None)
+    if not callable(getattr(optimizer, "first_step", None)) or not groups or any(
+            "rho" not in group for group in groups):
+        raise TypeError(
+            "perturbation must be None (SAM's rho g / ||g||), a sharpness-aware optimizer with "
+            "first_step() and a 'rho' in every parameter group (SAM, USAM, ASAM, a variant, or "
+            f"IRE over one), or a callable (g, rho) -> e; got {type(optimizer).__name__}"
+        )
+    return optimizer
+
+
+def optimizer_perturbation(model: nn.Module, optimizer: Any,
+                           params: Sequence[torch.Tensor]) -> PerturbationFunction:
+    r"""The perturbation a sharpness-aware optimizer's next ``first_step`` takes, as a function.
+
+    For a gradient :math:`g` and a radius :math:`\rho`, every group's ``rho`` is set to
+    :math:`\rho`, the parameters' ``.grad`` to :math:`g`, ``first_step`` moves the weights to
+    :math:`w + e`, and :math:`e` is read off; the weights, gradients, the optimizer's state and
+    its groups are then put back bit for bit. State the perturbation depends on (an EMA of past
+    gradients, a step counter) is the optimizer's current one.
+
+    Raises:
+        TypeError: ``optimizer`` has no ``first_step`` or no ``rho`` in a group.
+        ValueError: it steps a parameter outside ``params``.
+    """
+    optimizer = _sharpness_aware(optimizer)
+    stepped = optimizer_parameters(optimizer)
+    positions = {id(p): i for i, p in enumerate(params)}
+    outside = [i for i, p in enumerate(stepped) if id(p) not in positions]
+    if outside:
+        raise ValueError(
+            f"the optimizer's parameter {outside[0]} is not among params; pass the parameters "
+            "the optimizer steps"
+        )
+
+    def perturbation(g: torch.Tensor, rho: float) -> torch.Tensor:
+        grads = unflatten(g, params)
+        with preserved_training_state(model, [optimizer]), torch.no_grad():
+            for p in stepped:
+                p.grad = grads[positions[id(p)]].to(dtype=p.dtype).clone()
+            for group in optimizer.param_groups:
+                group["rho"] = rho
+            before = flatten(params)
+            optimizer.first_step()
+            return flatten(params) - before
+
+    return perturbation
+
+
+def _describe(perturbation: Any) -> str:
+    if perturbation is None:
+        return "SAM: rho g / ||g||"
+    if callable(getattr(perturbation, "first_step", None)) or isinstance(perturbation, IRE):
+        return describe_optimizer(perturbation)
+    return getattr(perturbation, "__name__", type(perturbation).__name__)
+
+
 def taylor_check(
     model: nn.Module,
     loss_fn: Callable,
     batch: tuple[torch.Tensor, torch.Tensor],
     rhos: Sequence[float],
-    mode: str = "sam",
+    perturbation: Any = None,
     *,
     params: Sequence[torch.Tensor] | None = None,
     eval_mode: bool = True,
 ) -> TaylorCheck:
-    r"""SAM's gradient and loss at :math:`w + e` against their Taylor predictions, per radius.
+    r"""A perturbed gradient and loss at :math:`w + e` against their Taylor predictions, per radius.
 
-    For each :math:`\rho`: :math:`e = \rho\, g/\lVert g\rVert` (``mode="sam"``) or
-    :math:`e = \rho g` (``"usam"``); the gradient and loss at :math:`w + e` are evaluated on
-    ``batch`` and compared with :math:`g + He` and :math:`L + e^\top g + \tfrac12 e^\top H e`
-    (definitions in the module docstring). One Hessian-vector product serves every radius,
-    since :math:`e \propto g`. The model's weights are bit-identical afterwards.
+    For each :math:`\rho` the perturbation :math:`e(\rho)` is
+
+    * ``perturbation=None``: SAM's :math:`e = \rho\, g/\lVert g\rVert`;
+    * a sharpness-aware optimizer (SAM, USAM, ASAM, any variant with ``first_step`` and a
+      ``rho`` per group, or IRE over one): the perturbation its next ``first_step`` takes with
+      radius :math:`\rho` (:func:`optimizer_perturbation`); e.g. ASAM's
+      :math:`\rho\, T^2 g/\lVert T g\rVert`;
+    * a callable ``(g, rho) -> e`` on flat tensors.
+
+    The gradient and loss at :math:`w + e` are evaluated on ``batch`` and compared with
+    :math:`g + He` and :math:`L + e^\top g + \tfrac12 e^\top H e` (definitions in the module
+    docstring); the Hessian-vector products of all radii are one block product. The model's
+    weights, and the optimizer, are bit-identical afterwards.
 
     ``order`` is the slope of :math:`\log` ``grad_rel_error`` against :math:`\log\rho`: 1 where
-    the expansion holds (a smooth loss), 0 where the remainder is as large as the correction.
-    On an exactly quadratic loss every error is 0 up to rounding and the slope means nothing.
+    the expansion holds (a smooth loss and an :math:`e` proportional to :math:`\rho`), 0 where
+    the remainder is as large as the correction. On an exactly quadratic loss every error is 0
+    up to rounding and the slope means nothing.
 
     Args:
         model: the network, at the weights :math:`w` to expand around.
         loss_fn: ``loss_fn(model(inputs), targets)`` -> mean loss over the batch.
         batch: ``(inputs, targets)``.
         rhos: positive radii, e.g. ``numpy.logspace(-3, -1, 5)``.
-        mode: ``"sam"`` or ``"usam"``.
+        perturbation: ``None``, a sharpness-aware optimizer over ``params``, or a callable.
         params: the parameters to perturb (default: the model's trainable parameters).
         eval_mode: evaluate in eval mode (as :class:`~samhess.curvature.HessianOperator` does
             by default), so dropout and BatchNorm describe one fixed function.
@@ -121,41 +210,67 @@ def taylor_check(
         A :class:`~samhess.analysis.results.TaylorCheck`.
 
     Raises:
-        ValueError: for a bad ``mode`` or radius, or a zero gradient with ``mode="sam"``.
+        TypeError: ``perturbation`` is neither ``None``, a sharpness-aware optimizer nor a
+            callable, or the callable returns no tensor of the gradient's shape.
+        ValueError: a bad radius, a zero gradient with SAM's perturbation, or a perturbation
+            that is zero at every radius.
 
     Example:
-        >>> check = taylor_check(model, torch.nn.CrossEntropyLoss(), (x, y), [1e-3, 1e-2, 1e-1])
+        >>> check = taylor_check(model, torch.nn.CrossEntropyLoss(), (x, y), [1e-3, 1e-2, 1e-1],
+        ...                      perturbation=asam)
         >>> check.order  # about 1
     """
     batch = check_batch(batch)
-    mode = check_choice("mode", mode, MODES)
     radii = _check_rhos(rhos)
     params = resolve_parameters(model, params)
+    description = _describe(perturbation)
+    if perturbation is None:
+        perturb = sam_perturbation
+    elif callable(getattr(perturbation, "step", None)) and hasattr(perturbation, "param_groups"):
+        perturb = optimizer_perturbation(model, perturbation, params)
+    elif callable(perturbation):
+        perturb = perturbation
+    else:
+        raise TypeError(
+            "perturbation must be None, a sharpness-aware optimizer or a callable (g, rho) -> e, "
+            f"got {type(perturbation).__name__}"
+        )
     # In train mode the forward passes would move BatchNorm statistics: put everything back.
     with preserved_training_state(model, []), evaluation_mode(model, eval_mode):
         loss, g = loss_and_gradient(model, loss_fn, batch, params)
         grad_norm = float(g.norm())
-        if mode == "sam" and grad_norm == 0.0:
+        if perturbation is None and grad_norm == 0.0:
             raise ValueError("the gradient is zero at w, so SAM's g/||g|| is undefined")
+        perturbations = []
+        for rho in radii:
+            e = perturb(g, rho)
+            if not isinstance(e, torch.Tensor) or e.shape != g.shape:
+                raise TypeError(
+                    f"perturbation({description}) must return a flat tensor of shape "
+                    f"{tuple(g.shape)}, got {getattr(e, 'shape', type(e).__name__)}"
+                )
+            perturbations.append(e.detach().to(g))
+        block = torch.stack(perturbations, dim=1)
+        if not bool(block.any()):
+            raise ValueError(f"the perturbation of {description} is zero at every radius "
+                             "(a zero gradient?)")
         hessian = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
-        hessian_g = hessian @ g
-        g_h_g = float(g @ hessian_g)
+        hessian_block = hessian @ block
+        g_h_g = float(g @ (hessian @ g))
 
         columns: dict[str, list[float]] = {key: [] for key in (
             "grad_rel_error", "loss_rel_error", "perturbation_norms", "grad_correction_norms",
             "predicted_correction_norms", "grad_abs_error", "loss_at_perturbation",
             "quadratic_terms")}
-        for rho in radii:
-            scale = rho / grad_norm if mode == "sam" else rho
-            e = scale * g
-            hessian_e = scale * hessian_g
+        for index, e in enumerate(perturbations):
+            hessian_e = hessian_block[:, index]
             with perturbed(params, e):
                 loss_e, g_e = loss_and_gradient(model, loss_fn, batch, params)
             correction = g_e - g
             grad_error = float((correction - hessian_e).norm())
             correction_norm = float(correction.norm())
             linear = float(e @ g)
-            quadratic = 0.5 * scale * scale * g_h_g
+            quadratic = 0.5 * float(e @ hessian_e)
             columns["grad_rel_error"].append(_ratio(grad_error, correction_norm))
             columns["loss_rel_error"].append(
                 _ratio(abs(loss_e - (loss + linear + quadratic)), abs(loss_e - loss - linear))
@@ -168,7 +283,7 @@ def taylor_check(
             columns["quadratic_terms"].append(quadratic)
 
     return TaylorCheck(
-        mode=mode,
+        perturbation=description,
         rhos=radii,
         order=log_log_slope(radii, columns["grad_rel_error"]),
         loss_order=log_log_slope(radii, columns["loss_rel_error"]),

@@ -134,7 +134,8 @@ def validity_map(
             )
             g = measurement.gradient
             grad_norm = float(g.norm())
-            coefficient = measurement.sam_coefficient
+            # SAM and USAM over plain SGD: D = -lr (g + c H g), c = rho/||g|| or rho.
+            coefficient = measurement.prediction.coefficient
             measured = (vectors.T @ measurement.step) / (vectors.T @ measurement.reference_step)
             shares = (vectors.T @ g).abs() / grad_norm
             points = []

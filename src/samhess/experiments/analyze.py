@@ -72,7 +72,8 @@ def final_analysis(task: Any, *, step: int) -> tuple[dict[str, Any], dict[str, A
                                              params=params)
         gains = _to_dict(objects["gains"])
         result["gains"] = {key: gains[key] for key in (
-            "eigenvalues", "gains", "predictions", "prediction_formula", "components",
+            "eigenvalues", "gains", "predictions", "prediction_formula",
+            "predictions_linear_in_eigenvalue", "components",
             "reference_components", "grad_norm", "lr")}
         objects["sharp_flat"] = sharp_flat_gains(model, loss_fn, batch, optimizer,
                                                  k=config.top_k, sharp=top, params=params,

@@ -452,7 +452,7 @@ def plot_gains(groups: dict[str, list[RunFiles]]) -> bytes | None:
         predictions = gains.get("predictions")
         if predictions and all(p is not None for p in predictions):
             predicted = np.asarray(predictions, dtype=float)
-            if gains.get("prediction_formula", "").startswith("1"):
+            if gains.get("predictions_linear_in_eigenvalue"):
                 # 1, 1 + rho lambda / ||g||, 1 + rho lambda: a line in lambda, 1 at lambda = 0.
                 xs = np.concatenate([[0.0], eigenvalues])
                 ys = np.concatenate([[1.0], predicted])
