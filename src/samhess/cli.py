@@ -42,64 +42,41 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-# (group, flag, type, metavar, help) of the settings `run` and `compare` share; each flag is a
-# config key (``--batch-size`` is ``batch_size``), and an unset flag stays out of the namespace.
-_RUN_ONLY = (
-    ("task", "--optimizer", str, "NAME", "sgd, sam, usam, asam, ire, sam-ire, adamw or admire"),
-    ("task", "--seed", int, "S", "random seed (default 0)"),
-)
-_TASK_FLAGS = (
-    ("task", "--dataset", str, "NAME", "data set (default digits)"),
-    ("task", "--model", str, "NAME", "model (default: the data set's default model)"),
-    ("task", "--data-dir", str, "DIR", "directory holding data sets read from files"),
-    ("task", "--steps", int, "N", "optimizer steps (default 1000)"),
-    ("task", "--batch-size", int, "B", "mini-batch size (default 64)"),
-    ("task", "--dtype", str, "DTYPE", "float32 (default) or float64"),
-    ("task", "--device", str, "DEVICE", "cpu (default), cuda or auto"),
-    ("optimizer hyperparameters", "--lr", float, "LR",
-     "learning rate (default 0.1; 1e-3 for adamw and admire)"),
-    ("optimizer hyperparameters", "--momentum", float, "M", "SGD momentum (default 0)"),
-    ("optimizer hyperparameters", "--weight-decay", float, "WD", "weight decay (default 0)"),
-    ("optimizer hyperparameters", "--rho", float, "RHO", "SAM radius (default 0.05; 0.5 for asam)"),
-    ("optimizer hyperparameters", "--kappa", float, "K", "IRE amplification (default 1.0)"),
-    ("optimizer hyperparameters", "--gamma", float, "G",
-     "IRE share of coordinates called flat, in (0, 1) (default 0.8)"),
-    ("optimizer hyperparameters", "--refresh-every", int, "N",
-     "steps between IRE mask refreshes (default 10)"),
-    ("optimizer hyperparameters", "--start-step", int, "N",
-     "step from which IRE amplifies (default 0)"),
-    ("optimizer hyperparameters", "--sam-perturbation", str, "MODE",
-     "under torchrun, SAM's ascent from the global gradient (global, default) or from each "
-     "rank's own shard (per-replica)"),
-    ("tracking", "--track-every", int, "K", "steps between tracked records (default 50)"),
-    ("tracking", "--checkpoint-every", int, "K",
-     "steps between checkpoints (default: every record)"),
-    ("tracking", "--top-k", int, "K",
-     "Hessian eigenvalues per record, lambda_max first (default 3)"),
-    ("tracking", "--trace-matvecs", int, "M",
-     "Hessian-vector products for the Hutch++ trace (default 30; 15 for the transformer, vit "
-     "and resnets)"),
-    ("tracking", "--tracking-batch-size", int, "B",
-     "examples (sequences for token data) in the fixed curvature batch (default 256; 64 for "
-     "the vit and resnets; 4096 tokens, i.e. 64 sequences, for language models)"),
-    ("tracking", "--eval-examples", int, "N",
-     "train/test examples for loss and accuracy (default: all)"),
-    ("tracking", "--density-probes", int, "P",
-     "random probes of the final spectral density (default 2)"),
-    ("tracking", "--density-lanczos-steps", int, "S",
-     "Lanczos steps per spectral-density probe (default 30)"),
-)
+def _real_list(text: str) -> list[float]:
+    """A comma-separated list of numbers (``0.001,0.01,0.1``)."""
+    try:
+        return [float(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid list of numbers: {text!r}") from None
 
 
-def _add_task_flags(parser: argparse.ArgumentParser, *, single_run: bool) -> None:
-    """Flags shared by ``run`` and ``compare`` (``--optimizer`` and ``--seed``: ``run`` only)."""
-    groups: dict[str, Any] = {}
-    for group, flag, kind, metavar, text in (_RUN_ONLY if single_run else ()) + _TASK_FLAGS:
-        if group not in groups:
-            groups[group] = parser.add_argument_group(group)
-        groups[group].add_argument(flag, type=kind, metavar=metavar, help=text,
-                                   default=argparse.SUPPRESS)
-    out = parser.add_argument_group("output")
+def _add_task_flags(parser: argparse.ArgumentParser, *, command: str) -> None:
+    """The flags of ``run`` or ``compare``, one per declared setting
+    (:mod:`samhess.experiments.settings`); an unset flag stays out of the namespace."""
+    from samhess.experiments.config import (
+        COMPARE_SETTINGS, GROUP_ORDER, RUN_SETTINGS, default_in_words,
+    )
+    from samhess.experiments.settings import Scope, ValueKind
+
+    scopes = (Scope.BOTH, Scope.RUN if command == "run" else Scope.COMPARE)
+    settings = [s for s in (*COMPARE_SETTINGS, *RUN_SETTINGS.values()) if s.scope in scopes]
+    types = {ValueKind.INT: int, ValueKind.REAL: float, ValueKind.STR: str,
+             ValueKind.REALS: _real_list}
+    for group in GROUP_ORDER:
+        members = [s for s in settings if s.group == group]
+        if not members:
+            continue
+        arguments = parser.add_argument_group(group)
+        for setting in members:
+            text = f"{setting.help} (default {default_in_words(setting)})"
+            if setting.kind is ValueKind.BOOL:
+                arguments.add_argument(setting.flag, action="store_const", const=True,
+                                       default=argparse.SUPPRESS, help=text)
+            else:
+                arguments.add_argument(setting.flag, type=types[setting.kind],
+                                       metavar=setting.metavar, help=text,
+                                       default=argparse.SUPPRESS)
+    out = parser.add_argument_group("files")
     out.add_argument("--config", metavar="FILE", help="TOML or YAML file of settings; flags win")
     out.add_argument("--out", metavar="DIR",
                      help="output directory (overrides out in --config)")
@@ -107,8 +84,6 @@ def _add_task_flags(parser: argparse.ArgumentParser, *, single_run: bool) -> Non
                      help="continue the run in --out from its last checkpoint")
     out.add_argument("--force", action="store_true",
                      help="replace the run files already in --out")
-    out.add_argument("--tensorboard", action="store_const", const=True,
-                     default=argparse.SUPPRESS, help="also write TensorBoard event files")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_threads_flag(out)
 
@@ -127,6 +102,22 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Keeps the epilog's lines (the optimizer list) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(indent + line for line in text.splitlines())
+
+
+def _optimizer_list() -> str:
+    """The registered optimizers, one line each, for the end of ``--help``."""
+    from samhess.experiments.optimizer_kinds import OPTIMIZER_KINDS
+
+    width = max(len(name) for name in OPTIMIZER_KINDS)
+    return "optimizers:\n" + "\n".join(f"  {kind.name.ljust(width)}  {kind.summary}"
+                                         for kind in OPTIMIZER_KINDS.values())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``samhess`` argument parser."""
     parser = _Parser(prog="samhess", description=(
@@ -138,22 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = commands.add_parser("run", help="train one model with one optimizer, tracking curvature",
+                              epilog=_optimizer_list(), formatter_class=_HelpFormatter,
                               description="Train one model with one optimizer and record, every "
                               "--track-every steps, losses, accuracies, top Hessian eigenvalues, "
                               "Tr(H), the gradient norm and the sharp/flat gains of the step.")
-    _add_task_flags(run, single_run=True)
+    _add_task_flags(run, command="run")
     run.set_defaults(handler=_cmd_run)
 
     compare = commands.add_parser(
         "compare", help="run several optimizers and seeds on one task; write a report",
+        epilog=_optimizer_list(), formatter_class=_HelpFormatter,
         description="Run the same task for each optimizer and seed into DIR/<optimizer>/seed-<s>/ "
         "and write DIR/summary.json, DIR/report.md and DIR/report.html. With no arguments: the "
         "main job (digits, MLP; SGD, SAM, IRE, SAM-IRE; 3 seeds), about a minute on a laptop CPU.")
-    compare.add_argument("--optimizers", default=argparse.SUPPRESS, metavar="LIST",
-                         help="comma-separated optimizer names (default sgd,sam,ire,sam-ire)")
-    compare.add_argument("--seeds", type=int, default=argparse.SUPPRESS, metavar="N",
-                         help="seeds 0..N-1 per optimizer (default 3)")
-    _add_task_flags(compare, single_run=False)
+    _add_task_flags(compare, command="compare")
     compare.set_defaults(handler=_cmd_compare)
 
     analyze = commands.add_parser(
@@ -191,7 +180,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          "(or optimizer in --config)")
     config = build_run_config(file_settings, flags)
     # torch loads only now, so a mistyped flag is reported at once.
-    from samhess.experiments.train import default_run_dir, run_experiment, torch_threads
+    from samhess.experiments.rundir import default_run_dir
+    from samhess.experiments.threads import torch_threads
+    from samhess.experiments.train import run_experiment
 
     from samhess.distributed import distributed_session, is_main_process
 
@@ -215,7 +206,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     config = build_compare_config(file_settings, flags)
     from samhess.experiments.compare import DEFAULT_COMPARE_DIR, run_compare
     from samhess.distributed import distributed_session, is_main_process
-    from samhess.experiments.train import torch_threads
+    from samhess.experiments.threads import torch_threads
 
     out = Path(args.out or file_out or DEFAULT_COMPARE_DIR)
     with distributed_session(), torch_threads(args.threads):
@@ -228,7 +219,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from samhess.experiments.analyze import analyze_run
-    from samhess.experiments.train import torch_threads
+    from samhess.experiments.threads import torch_threads
 
     with torch_threads(args.threads):
         result = analyze_run(Path(args.run_dir), quiet=args.quiet)

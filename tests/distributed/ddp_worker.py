@@ -91,7 +91,8 @@ def train_ire() -> dict:
 
 def run_loop_steps(name: str) -> dict:
     """Steps of ``samhess run``'s own loop (``training_step``) over DDP on the global batches."""
-    from samhess.experiments.optimizers import build_optimizer, training_step
+    from samhess.experiments.optimizer_kinds import build_optimizer, optimizer_kind
+    from samhess.experiments.training_step import StepContext, training_step
 
     model = build_model()
     wrapped = nn.parallel.DistributedDataParallel(model)
@@ -99,11 +100,13 @@ def run_loop_steps(name: str) -> dict:
         "lr": LR, "momentum": MOMENTUM, "rho": RHO, "kappa": IRE_KAPPA, "gamma": IRE_GAMMA,
         "refresh_every": IRE_REFRESH})
     generator = torch.Generator().manual_seed(7)
+    context = StepContext(kind=optimizer_kind(name), optimizer=optimizer, model=model,
+                          loss_fn=nn.functional.cross_entropy, train_model=wrapped,
+                          label_generator=generator)
     losses, masks = [], []
     for batch in global_batches():
         refreshing = bool(getattr(optimizer, "needs_refresh", lambda: False)())
-        losses.append(training_step(optimizer, model, nn.functional.cross_entropy, batch,
-                                    generator=generator, train_model=wrapped))
+        losses.append(training_step(context, batch))
         if refreshing:
             masks.append([m.clone() for m in optimizer.mask])
     return {"parameters": _parameters(model), "losses": losses, "masks": masks,

@@ -164,15 +164,17 @@ def test_ire_estimate_is_the_shard_size_weighted_mean(ranks):
 
 
 def single_process_run_loop(name: str) -> tuple[list[torch.Tensor], list[float]]:
-    from samhess.experiments.optimizers import build_optimizer, training_step
+    from samhess.experiments.optimizer_kinds import build_optimizer, optimizer_kind
+    from samhess.experiments.training_step import StepContext, training_step
 
     model = worker.build_model()
     optimizer = build_optimizer(name, model, {
         "lr": worker.LR, "momentum": worker.MOMENTUM, "rho": worker.RHO,
         "kappa": worker.IRE_KAPPA, "gamma": worker.IRE_GAMMA, "refresh_every": worker.IRE_REFRESH})
-    losses = [training_step(optimizer, model, nn.functional.cross_entropy, batch,
-                            generator=torch.Generator().manual_seed(7))
-              for batch in worker.global_batches()]
+    context = StepContext(kind=optimizer_kind(name), optimizer=optimizer, model=model,
+                          loss_fn=nn.functional.cross_entropy,
+                          label_generator=torch.Generator().manual_seed(7))
+    losses = [training_step(context, batch) for batch in worker.global_batches()]
     return [p.detach().clone() for p in model.parameters()], losses
 
 

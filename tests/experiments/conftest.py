@@ -25,7 +25,8 @@ def run_in_process(out, **flags):
     """``samhess run`` in this process with the command line's single thread, so its files can
     be compared byte for byte with a run started from the command line."""
     from samhess.experiments.config import build_run_config
-    from samhess.experiments.train import run_experiment, torch_threads
+    from samhess.experiments.threads import torch_threads
+    from samhess.experiments.train import run_experiment
 
     resume, force = flags.pop("resume", False), flags.pop("force", False)
     config = build_run_config({}, {**TINY_RUN_FLAGS, **flags})

@@ -58,7 +58,10 @@ def test_yaml_and_toml_give_the_same_config(tmp_path):
         ({"optimizer": "adam"}, ValueError, "optimizer = 'adam' is invalid: must be one of sgd"),
         ({"dataset": "imagenet"}, ValueError, "dataset = 'imagenet' is invalid: must be one of"),
         ({"model": "gpt5"}, ValueError, "model = 'gpt5' is invalid: must be one of"),
-        ({"taylor_rhos": [0.1]}, ValueError, "needs at least two radii"),
+        ({"taylor_rhos": [0.1]}, ValueError, "taylor_rhos = [0.1] is invalid: needs at least 2"),
+        ({"taylor_rhos": [0.1, float("inf")]}, ValueError, "every element must be finite"),
+        ({"taylor_rhos": [0.1, 20]}, ValueError, "every element must be <= 10"),
+        ({"seed": 2**32}, ValueError, "seed = 4294967296 is invalid: must be < 4294967296"),
         ({"trace_matvecs": 2}, ValueError, "trace_matvecs = 2 is invalid: must be >= 3"),
         ({"optimizers": "sgd"}, ValueError, "optimizers applies to `samhess compare` only"),
     ],
@@ -76,9 +79,17 @@ def test_flag_errors_name_the_flag():
         build_run_config({}, {"track_every": 0})
 
 
-def test_adamw_refuses_momentum():
-    with pytest.raises(ValueError, match="momentum = 0.9 is invalid for optimizer 'adamw'"):
+def test_a_hyperparameter_flag_the_optimizer_does_not_read_is_refused():
+    with pytest.raises(ValueError, match=r"^--momentum 0.9 does not apply to optimizer 'adamw'$"):
         build_run_config({}, {"optimizer": "adamw", "momentum": 0.9})
+    with pytest.raises(ValueError, match="--rho 0.1 does not apply to any of the optimizers "
+                                         "sgd, ire"):
+        build_compare_config({}, {"optimizers": "sgd,ire", "rho": 0.1})
+    # a config file may hold hyperparameters of other optimizers
+    assert build_run_config({"rho": 0.2}, {"optimizer": "sgd"}).rho == 0.2
+    # in a comparison a flag applies to the members that read it
+    compare = build_compare_config({}, {"optimizers": "sgd,adamw", "momentum": 0.9})
+    assert compare.run_config("sgd", 0).momentum == 0.9
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from samhess.cli import main
 from samhess.experiments.report import SUMMARY_KEYS
 from samhess.experiments.tracking import RECORD_KEYS
-from samhess.experiments.train import epoch_permutation
+from samhess.experiments.task import epoch_permutation
 
 from .conftest import TINY_RUN_FLAGS, run_in_process, tiny_cli_args
 

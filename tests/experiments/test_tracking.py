@@ -9,9 +9,9 @@ import torch
 
 from samhess.curvature import HessianOperator, eigenpairs
 from samhess.experiments.config import build_run_config
-from samhess.experiments.optimizers import training_step
+from samhess.experiments.task import build_task
 from samhess.experiments.tracking import measure_curvature
-from samhess.experiments.train import build_task
+from samhess.experiments.training_step import StepContext, training_step
 
 from .conftest import TINY_RUN_FLAGS
 
@@ -21,9 +21,10 @@ def _trained_task(optimizer: str, steps: int = 3):
     config = build_run_config({}, {**TINY_RUN_FLAGS, "optimizer": optimizer, "dtype": "float64"})
     task = build_task(config)
     batch = (task.train_inputs[:32], task.train_targets[:32])
+    context = StepContext(kind=task.kind, optimizer=task.optimizer, model=task.model,
+                          loss_fn=task.loss_fn, label_generator=task.label_generator)
     for _ in range(steps):
-        training_step(task.optimizer, task.model, task.loss_fn, batch,
-                      generator=task.label_generator)
+        training_step(context, batch)
     return task
 
 

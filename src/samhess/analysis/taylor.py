@@ -61,6 +61,7 @@ __all__ = [
     "trace_identity_check",
     "log_log_slope",
     "optimizer_perturbation",
+    "perturbing_optimizer",
     "sam_perturbation",
     "PerturbationFunction",
 ]
@@ -104,19 +105,27 @@ def sam_perturbation(g: torch.Tensor, rho: float) -> torch.Tensor:
     return rho * g / g.norm()
 
 
-def _sharpness_aware(optimizer: Any) -> Any:
-    """The optimizer whose ``first_step`` perturbs: ``optimizer``, or what an IRE wraps."""
+def perturbing_optimizer(optimizer: Any) -> Any | None:
+    """The optimizer whose ``first_step`` perturbs (``optimizer``, or what an IRE wraps), or
+    ``None`` when there is none: no ``first_step``, or a group without ``rho``."""
     while isinstance(optimizer, IRE):
         optimizer = optimizer.optimizer
     groups = getattr(optimizer, "param_groups", None)
     if not callable(getattr(optimizer, "first_step", None)) or not groups or any(
             "rho" not in group for group in groups):
+        return None
+    return optimizer
+
+
+def _sharpness_aware(optimizer: Any) -> Any:
+    perturbing = perturbing_optimizer(optimizer)
+    if perturbing is None:
         raise TypeError(
             "perturbation must be None (SAM's rho g / ||g||), a sharpness-aware optimizer with "
             "first_step() and a 'rho' in every parameter group (SAM, USAM, ASAM, a variant, or "
             f"IRE over one), or a callable (g, rho) -> e; got {type(optimizer).__name__}"
         )
-    return optimizer
+    return perturbing
 
 
 def optimizer_perturbation(model: nn.Module, optimizer: Any,

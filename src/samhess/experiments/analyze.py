@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from samhess.experiments import runfiles
+from samhess.experiments.checkpoint import load_trained_task
 from samhess.experiments.tracking import preserved_training_state
 
 ANALYSIS_DIR = "analysis"
@@ -94,19 +95,27 @@ def final_analysis(task: Any, *, step: int) -> tuple[dict[str, Any], dict[str, A
 
 
 def _taylor_in_float64(task: Any) -> Any:
-    """SAM's Taylor check on a float64 copy of the model and batch.
+    """The Taylor check of the run's own perturbation on a float64 copy of the model and batch.
 
-    In float32 the gradient difference at the smallest radii is rounding noise, which would
-    flatten the fitted order to 0 whatever the expansion does.
+    A sharpness-aware kind is checked with its own perturbation (its optimizer rebuilt over the
+    copy, with the run's state, so that e.g. ASAM's rho |w|^2 g / || |w| g || is the one
+    expanded); the other kinds with SAM's rho g / ||g||. In float32 the gradient difference at
+    the smallest radii is rounding noise, which would flatten the fitted order to 0 whatever the
+    expansion does.
     """
     from samhess.analysis import taylor_check
+    from samhess.analysis.taylor import perturbing_optimizer
+    from samhess.experiments.optimizer_kinds import build_optimizer
 
     config = task.config
     model = copy.deepcopy(task.model).to(torch.float64)
     inputs, targets = task.tracking.batch
     batch = tuple(t.to(torch.float64) if t.is_floating_point() else t for t in (inputs, targets))
-    mode = "usam" if config.optimizer == "usam" else "sam"
-    return taylor_check(model, task.loss_fn, batch, list(config.taylor_rhos), mode=mode)
+    perturbation = None
+    if perturbing_optimizer(task.optimizer) is not None:
+        perturbation = build_optimizer(config.optimizer, model, config.to_dict())
+        perturbation.load_state_dict(copy.deepcopy(task.optimizer.state_dict()))
+    return taylor_check(model, task.loss_fn, batch, list(config.taylor_rhos), perturbation)
 
 
 def _mask_quality(task: Any, top: Any, params: list) -> dict[str, Any] | None:
@@ -187,8 +196,6 @@ class AnalysisResult:
 
 def analyze_run(run_dir: Path, *, quiet: bool = False) -> AnalysisResult:
     """``samhess analyze RUN_DIR``: rebuild the final model from the checkpoint and analyse it."""
-    from samhess.experiments.train import load_trained_task
-
     del quiet  # the analysis takes seconds; there is no bar to show
     if not (run_dir / runfiles.CONFIG_FILE).exists():
         raise ValueError(f"{run_dir} holds no run (config.json is missing)")

@@ -23,7 +23,8 @@ from samhess.experiments.config import PRESENTATION_KEYS, CompareConfig
 from samhess.experiments.progress import progress_enabled
 from samhess.experiments.report import Report, build_report, run_dir_of
 from samhess.experiments.runfiles import COMPARE_FILE, CONFIG_FILE
-from samhess.experiments.train import build_task, run_experiment
+from samhess.experiments.task import build_task
+from samhess.experiments.train import run_experiment
 
 DEFAULT_COMPARE_DIR = "runs/compare"
 

@@ -30,14 +30,31 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samhess._validation import check_choice
+from samhess.experiments.optimizer_kinds import (
+    HYPERPARAMETER_GROUP,
+    HYPERPARAMETERS,
+    OPTIMIZER_KINDS,
+    optimizer_kind,
+)
+from samhess.experiments.settings import (
+    Bound,
+    Scope,
+    Setting,
+    ValueKind,
+    at_least,
+    at_most,
+    below,
+    greater_than,
+    invalid,
+    setting_label,
+    settings_by_name,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,26 +62,12 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
-OPTIMIZER_NAMES: tuple[str, ...] = (
-    "sgd", "sam", "usam", "asam", "ire", "sam-ire", "adamw", "admire",
-)
-"""Optimizers a run can use: SGD, SAM and its unnormalized (USAM) and adaptive (ASAM) forms,
-IRE over SGD, IRE over SAM, AdamW, and IRE over AdamW (AdmIRE)."""
-
 DTYPE_NAMES: tuple[str, ...] = ("float32", "float64")
 #: Where SAM's ascent comes from when the global batch is split across ranks (torchrun): the
 #: global gradient (the single-process step on the whole batch) or each rank's own shard
 #: (per-replica perturbations, m-sharpness). One process: the same step either way.
 SAM_PERTURBATIONS: tuple[str, ...] = ("global", "per-replica")
 DEVICE_NAMES: tuple[str, ...] = ("cpu", "cuda", "auto")
-
-#: Learning rate used when none is given: Adam-type optimizers want a much smaller one.
-DEFAULT_LR = {"adamw": 1e-3, "admire": 1e-3}
-DEFAULT_LR_OTHERS = 0.1
-#: Perturbation radius used when none is given. ASAM's radius is relative to |w|, so larger
-#: (Kwon et al., ICML 2021, use 0.5 to 2.0).
-DEFAULT_RHO = {"asam": 0.5}
-DEFAULT_RHO_OTHERS = 0.05
 
 #: Models whose Hessian-vector products cost one to three orders of magnitude more than the
 #: default MLP's (0.2 s to 2 s per product on 256 examples on one CPU core, against 1 ms): their
@@ -80,108 +83,152 @@ DEFAULT_TRACKING_TOKENS = 4096
 DEFAULT_TRACE_MATVECS = 30
 DEFAULT_TRACE_MATVECS_LARGE = 15
 
-#: Keys that change where output goes or how it is shown, not what the run computes; ``--resume``
-#: does not require them to match the stored configuration.
-PRESENTATION_KEYS = frozenset({"data_dir", "tensorboard"})
-
 #: The config-file key of the output directory (``--out``), read by the command line.
 OUTPUT_KEY = "out"
-
-#: Keys that only ``samhess compare`` reads.
-COMPARE_KEYS = frozenset({"optimizers", "seeds"})
 DEFAULT_COMPARE_OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "ire", "sam-ire")
 DEFAULT_COMPARE_SEEDS = 3
 
+#: numpy and scikit-learn take seeds below 2**32.
+_SEED_LIMIT = 2**32
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines one training run.
 
-    Attributes:
-        optimizer: one of :data:`OPTIMIZER_NAMES`.
-        dataset: a name from ``samhess.experiments.data.DATASET_NAMES``.
-        model: a name from ``samhess.experiments.models.MODEL_NAMES``; ``None`` picks the
-            dataset's default model.
-        steps: optimizer steps to take.
-        seed: seeds the model's initialization, the batch order and every estimator.
-        batch_size: training mini-batch size.
-        lr: learning rate; ``None`` picks 0.1, or 1e-3 for AdamW and AdmIRE.
-        momentum: SGD momentum (SGD-based optimizers only).
-        weight_decay: L2 weight decay (SGD) or decoupled weight decay (AdamW).
-        rho: SAM's perturbation radius; ``None`` picks 0.05, or 0.5 for ASAM.
-        kappa: IRE's amplification of the step on flat coordinates.
-        gamma: IRE's share of coordinates called flat.
-        refresh_every: steps between IRE mask refreshes.
-        start_step: the step from which IRE amplifies (before it, IRE is its base optimizer).
-        track_every: steps between tracked records (a record is also taken at steps 0 and
-            ``steps``).
-        checkpoint_every: steps between checkpoints; ``None`` checkpoints at every record.
-        top_k: Hessian eigenvalues recorded per record (lambda_max first); also the number of
-            sharp directions in the sharp/flat gain.
-        trace_matvecs: Hessian-vector products spent on the Hutch++ trace estimate; ``None``
-            picks 30, or 15 for :data:`LARGE_MODELS` (:func:`default_tracking`).
-        tracking_batch_size: examples (sequences, for token data) in the fixed batch the
-            curvature is measured on; ``None`` picks 256, 64 for :data:`LARGE_MODELS`, and
-            4096 tokens' worth of sequences for language models (:func:`default_tracking`).
-        eval_examples: train/test examples the losses and accuracies are measured on
-            (``None``: all of them).
-        data_dir: directory holding data sets read from files.
-        dtype: parameter and input precision.
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA where available).
-        taylor_rhos: radii of the final Taylor check.
-        density_probes: random probes of the final spectral density (stochastic Lanczos
-            quadrature).
-        density_lanczos_steps: Lanczos steps per probe of the spectral density.
-        tensorboard: also write TensorBoard event files.
-        sam_perturbation: under ``torchrun``, ``"global"`` (SAM's ascent from the global
-            gradient: the single-process step on the whole batch) or ``"per-replica"`` (each
-            rank's ascent from its own shard's gradient, the first pass inside DDP's
-            ``no_sync``); see ``docs/distributed.md``.
-    """
+def _dataset_names() -> tuple[str, ...]:
+    from samhess.experiments.data import DATASET_NAMES
 
-    optimizer: str = "sgd"
-    dataset: str = "digits"
-    model: str | None = None
-    steps: int = 1000
-    seed: int = 0
-    batch_size: int = 64
-    lr: float | None = None
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    rho: float | None = None
-    kappa: float = 1.0
-    gamma: float = 0.8
-    refresh_every: int = 10
-    start_step: int = 0
-    track_every: int = 50
-    checkpoint_every: int | None = None
-    top_k: int = 3
-    trace_matvecs: int | None = None
-    tracking_batch_size: int | None = None
-    eval_examples: int | None = None
-    data_dir: str | None = None
-    dtype: str = "float32"
-    device: str = "cpu"
-    taylor_rhos: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-    density_probes: int = 2
-    density_lanczos_steps: int = 30
-    tensorboard: bool = False
-    sam_perturbation: str = "global"
+    return tuple(DATASET_NAMES)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as plain JSON data (tuples become lists)."""
-        out = dataclasses.asdict(self)
-        out["taylor_rhos"] = list(self.taylor_rhos)
-        return out
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
-        """Validate ``values`` (as read back from ``config.json``) into a config."""
-        return resolve(validate_values(values, source="config.json"))
+def _model_names() -> tuple[str, ...]:
+    from samhess.experiments.models import MODEL_NAMES
 
-    def identity(self) -> dict[str, Any]:
-        """The values that make two runs the same run (presentation keys left out)."""
-        return {k: v for k, v in self.to_dict().items() if k not in PRESENTATION_KEYS}
+    return tuple(MODEL_NAMES)
+
+
+TASK, TRACKING, ANALYSIS, COMPARISON, OUTPUT = (
+    "task", "tracking", "final analysis", "comparison", "output")
+#: The order of the groups in ``--help`` and in the docs.
+GROUP_ORDER = (COMPARISON, TASK, HYPERPARAMETER_GROUP, TRACKING, ANALYSIS, OUTPUT)
+
+_V = ValueKind
+#: The general settings of a run, in the order of ``--help`` within each group. An optimizer's
+#: hyperparameters are declared with the optimizer kinds
+#: (:data:`samhess.experiments.optimizer_kinds.HYPERPARAMETERS`).
+GENERAL_SETTINGS: tuple[Setting, ...] = (
+    Setting("optimizer", _V.STR, "sgd", "the optimizer (one of the optimizers listed below)", TASK, "NAME",
+            choices=lambda: tuple(OPTIMIZER_KINDS), scope=Scope.RUN,
+            resolved_default="sgd in a config; required by samhess run"),
+    Setting("dataset", _V.STR, "digits", "data set: embedded digits, mnist1d, synthetic, chars; "
+            "from files in --data-dir cifar10, cifar100, mnist, fashion-mnist, text "
+            "(docs/data.md)", TASK, "NAME", choices=_dataset_names),
+    Setting("model", _V.STR, None, "model: mlp, cnn, resnet20, resnet56, vit, transformer", TASK, "NAME", choices=_model_names, nullable=True,
+            resolved_default="the data set's default model"),
+    Setting("data_dir", _V.STR, None, "directory holding data sets read from files", TASK, "DIR",
+            nullable=True, identity=False, resolved_default="none"),
+    Setting("steps", _V.INT, 1000, "optimizer steps", TASK, "N", (at_least(1),)),
+    Setting("seed", _V.INT, 0, "seeds the data split, the initial weights, the batch order and "
+            "every estimator", TASK, "S", (at_least(0), below(_SEED_LIMIT)),
+            scope=Scope.RUN),
+    Setting("batch_size", _V.INT, 64, "mini-batch size", TASK, "B", (at_least(1),)),
+    Setting("dtype", _V.STR, "float32", "parameter and input precision", TASK, "DTYPE",
+            choices=DTYPE_NAMES),
+    Setting("device", _V.STR, "cpu", "device (auto: CUDA where available)", TASK, "DEVICE",
+            choices=DEVICE_NAMES),
+    Setting("sam_perturbation", _V.STR, "global",
+            "under torchrun, SAM's ascent from the global gradient (global) or from each rank's "
+            "own shard (per-replica)", TASK, "MODE", choices=SAM_PERTURBATIONS),
+    Setting("track_every", _V.INT, 50, "steps between tracked records", TRACKING, "K",
+            (at_least(1),)),
+    Setting("checkpoint_every", _V.INT, None, "steps between checkpoints", TRACKING, "K",
+            (at_least(1),), nullable=True, resolved_default="every record"),
+    Setting("top_k", _V.INT, 3, "Hessian eigenvalues per record, lambda_max first, and the sharp "
+            "directions of the gains", TRACKING,
+            "K", (at_least(1),)),
+    Setting("trace_matvecs", _V.INT, None, "Hessian-vector products of the Hutch++ trace",
+            TRACKING, "M", (Bound(lambda v: v >= 3, "must be >= 3 (Hutch++ splits it in three)"),),
+            nullable=True,
+            resolved_default=f"{DEFAULT_TRACE_MATVECS}; {DEFAULT_TRACE_MATVECS_LARGE} for the "
+            "transformer, vit, resnets and language models"),
+    Setting("tracking_batch_size", _V.INT, None,
+            "examples (sequences for token data) in the fixed curvature batch", TRACKING, "B",
+            (at_least(1),), nullable=True,
+            resolved_default=f"{DEFAULT_TRACKING_BATCH}; {DEFAULT_TRACKING_BATCH_LARGE} for the "
+            f"vit and resnets; {DEFAULT_TRACKING_TOKENS} tokens' worth of sequences for "
+            "language models"),
+    Setting("eval_examples", _V.INT, None, "train/test examples for loss and accuracy",
+            TRACKING, "N", (at_least(1),), nullable=True, resolved_default="all"),
+    Setting("taylor_rhos", _V.REALS, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+            "radii of the final Taylor check (comma-separated)", ANALYSIS, "RHOS",
+            (greater_than(0), at_most(10)), min_items=2),
+    Setting("density_probes", _V.INT, 2, "random probes of the final spectral density",
+            ANALYSIS, "P", (at_least(1),)),
+    Setting("density_lanczos_steps", _V.INT, 30, "Lanczos steps per spectral-density probe",
+            ANALYSIS, "S", (at_least(2),)),
+    Setting("tensorboard", _V.BOOL, False, "also write TensorBoard event files", OUTPUT,
+            identity=False),
+)
+
+#: Settings only ``samhess compare`` reads (``optimizers`` is a list or a comma-separated
+#: string, checked by :func:`parse_optimizer_list`).
+COMPARE_SETTINGS: tuple[Setting, ...] = (
+    Setting("optimizers", _V.STR, ",".join(DEFAULT_COMPARE_OPTIMIZERS),
+            "comma-separated optimizer names", COMPARISON, "LIST", scope=Scope.COMPARE),
+    Setting("seeds", _V.INT, DEFAULT_COMPARE_SEEDS, "seeds 0..N-1 per optimizer", COMPARISON,
+            "N", (at_least(1), at_most(_SEED_LIMIT)), scope=Scope.COMPARE),
+)
+
+#: Every setting of :class:`RunConfig`: the general ones and every optimizer hyperparameter.
+RUN_SETTINGS: Mapping[str, Setting] = settings_by_name(GENERAL_SETTINGS + HYPERPARAMETERS)
+_COMPARE_SETTINGS = settings_by_name(COMPARE_SETTINGS)
+#: Keys that change where output goes or how it is shown, not what the run computes;
+#: ``--resume`` does not require them to match the stored configuration.
+PRESENTATION_KEYS = frozenset(name for name, s in RUN_SETTINGS.items() if not s.identity)
+#: Keys that only ``samhess compare`` reads.
+COMPARE_KEYS = frozenset(_COMPARE_SETTINGS)
+
+
+def _initial(setting: Setting) -> Any:
+    """A field's value before resolution: ``None`` for what resolves per optimizer."""
+    return None if setting.per_optimizer else setting.default
+
+
+def _field_type(setting: Setting) -> Any:
+    annotation = setting.kind.annotation
+    return annotation | None if setting.nullable else annotation
+
+
+def _to_dict(self: Any) -> dict[str, Any]:
+    """The configuration as plain JSON data (tuples become lists)."""
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(self).items()}
+
+
+def _from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+    """Validate ``values`` (as read back from ``config.json``) into a config."""
+    return resolve(validate_values(values, source="config.json"))
+
+
+def _identity(self: Any) -> dict[str, Any]:
+    """The values that make two runs the same run (presentation keys left out)."""
+    return {k: v for k, v in self.to_dict().items() if k not in PRESENTATION_KEYS}
+
+
+def _setting_lines() -> str:
+    return "\n".join(f"        {s.name}: {s.help} (default {s.default_text()})."
+                     for s in RUN_SETTINGS.values())
+
+
+#: Everything that determines one training run: one field per setting of :data:`RUN_SETTINGS`
+#: (generated from the declarations, so that a setting is declared once).
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig",
+    [(s.name, _field_type(s), dataclasses.field(default=_initial(s), metadata={"setting": s}))
+     for s in RUN_SETTINGS.values()],
+    frozen=True,
+    namespace={"to_dict": _to_dict, "from_dict": classmethod(_from_dict),
+               "identity": _identity, "__module__": __name__},
+)
+RunConfig.__doc__ = ("Everything that determines one training run.\n\n    Attributes:\n"
+                     + _setting_lines() + "\n    ")
 
 
 @dataclass(frozen=True)
@@ -190,9 +237,9 @@ class CompareConfig:
 
     optimizers: tuple[str, ...] = DEFAULT_COMPARE_OPTIMIZERS
     seeds: int = DEFAULT_COMPARE_SEEDS
-    task: RunConfig = field(default_factory=RunConfig)
+    task: Any = field(default_factory=lambda: RunConfig())
 
-    def run_config(self, optimizer: str, seed: int) -> RunConfig:
+    def run_config(self, optimizer: str, seed: int) -> Any:
         """The resolved configuration of one member run."""
         values = {**self.task.to_dict(), "optimizer": optimizer, "seed": seed}
         return resolve(validate_values(values, source="compare"))
@@ -208,140 +255,6 @@ class CompareConfig:
         out = self.to_dict()
         out["task"] = {k: v for k, v in out["task"].items() if k not in PRESENTATION_KEYS}
         return out
-
-
-_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-
-# The type each key accepts, as (python types, description for messages).
-_INT = ((int,), "an integer")
-_REAL = ((int, float), "a number")
-_STR = ((str,), "a string")
-_BOOL = ((bool,), "true or false")
-_KEY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "optimizer": _STR,
-    "dataset": _STR,
-    "model": _STR,
-    "steps": _INT,
-    "seed": _INT,
-    "batch_size": _INT,
-    "lr": _REAL,
-    "momentum": _REAL,
-    "weight_decay": _REAL,
-    "rho": _REAL,
-    "kappa": _REAL,
-    "gamma": _REAL,
-    "refresh_every": _INT,
-    "start_step": _INT,
-    "track_every": _INT,
-    "checkpoint_every": _INT,
-    "top_k": _INT,
-    "trace_matvecs": _INT,
-    "tracking_batch_size": _INT,
-    "eval_examples": _INT,
-    "data_dir": _STR,
-    "dtype": _STR,
-    "device": _STR,
-    "taylor_rhos": ((list, tuple), "a list of numbers"),
-    "density_probes": _INT,
-    "density_lanczos_steps": _INT,
-    "tensorboard": _BOOL,
-    "sam_perturbation": _STR,
-}
-_NULLABLE = {"model", "lr", "rho", "checkpoint_every", "eval_examples", "data_dir",
-             "trace_matvecs", "tracking_batch_size"}
-assert set(_KEY_TYPES) == set(_FIELDS), "every RunConfig field needs a declared type"
-
-
-def _label(key: str, value: object, source: str) -> str:
-    """How a setting is named in messages: as the flag a user typed, or as the file's key."""
-    if source == "flags":
-        return f"--{key.replace('_', '-')} {value!r}"
-    return f"{source}: {key} = {value!r}"
-
-
-def _bad(key: str, value: object, requirement: str, source: str) -> ValueError:
-    return ValueError(f"{_label(key, value, source)} is invalid: {requirement}")
-
-
-def _check_type(key: str, value: object, source: str) -> object:
-    if value is None and key in _NULLABLE:
-        return None
-    types, description = _KEY_TYPES[key]
-    # bool is an int in Python; a flag written `steps = true` is a mistake, not 1.
-    if isinstance(value, bool) and bool not in types:
-        raise TypeError(f"{_label(key, value, source)} has the wrong type: expected {description}")
-    if not isinstance(value, types):
-        raise TypeError(f"{_label(key, value, source)} has the wrong type: expected {description}")
-    if types == _REAL[0]:
-        value = float(value)
-        if not math.isfinite(value):
-            raise _bad(key, value, "must be finite", source)
-    return value
-
-
-_AT_LEAST_ONE = {
-    "steps", "batch_size", "refresh_every", "track_every", "checkpoint_every", "top_k",
-    "trace_matvecs", "tracking_batch_size", "eval_examples", "density_probes",
-    "density_lanczos_steps",
-}
-_AT_LEAST_ZERO_INT = {"seed", "start_step"}
-_NONNEGATIVE = {"momentum", "weight_decay", "rho", "kappa"}
-
-
-def _check_value(key: str, value: object, source: str) -> object:
-    """Range and choice checks for one typed value."""
-    if value is None:
-        return None
-    if key in _AT_LEAST_ONE and value < 1:
-        raise _bad(key, value, "must be >= 1", source)
-    if key in _AT_LEAST_ZERO_INT and value < 0:
-        raise _bad(key, value, "must be >= 0", source)
-    if key in _NONNEGATIVE and value < 0:
-        raise _bad(key, value, "must be >= 0", source)
-    if key == "lr" and value <= 0:
-        raise _bad(key, value, "must be > 0", source)
-    if key == "momentum" and value >= 1:
-        raise _bad(key, value, "must be < 1", source)
-    if key == "gamma" and not 0.0 < value < 1.0:
-        raise _bad(key, value, "must lie in the open interval (0, 1)", source)
-    if key == "trace_matvecs" and value < 3:
-        # Hutch++ splits its budget in three parts (sketch, projection, residual).
-        raise _bad(key, value, "must be >= 3 (Hutch++ splits it in three)", source)
-    if key == "density_lanczos_steps" and value < 2:
-        raise _bad(key, value, "must be >= 2", source)
-    if key == "optimizer":
-        _check_named(key, value, OPTIMIZER_NAMES, source)
-    if key == "dtype":
-        _check_named(key, value, DTYPE_NAMES, source)
-    if key == "device":
-        _check_named(key, value, DEVICE_NAMES, source)
-    if key == "sam_perturbation":
-        _check_named(key, value, SAM_PERTURBATIONS, source)
-    if key == "dataset":
-        from samhess.experiments.data import DATASET_NAMES
-
-        _check_named(key, value, tuple(DATASET_NAMES), source)
-    if key == "model":
-        from samhess.experiments.models import MODEL_NAMES
-
-        _check_named(key, value, tuple(MODEL_NAMES), source)
-    if key == "taylor_rhos":
-        if len(value) < 2:
-            raise _bad(key, list(value), "needs at least two radii to fit an order", source)
-        rhos = []
-        for rho in value:
-            if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho > 0:
-                raise _bad(key, list(value), "every radius must be a number > 0", source)
-            rhos.append(float(rho))
-        return tuple(rhos)
-    return value
-
-
-def _check_named(key: str, value: str, choices: tuple[str, ...], source: str) -> None:
-    try:
-        check_choice(key, value, choices)
-    except ValueError:
-        raise _bad(key, value, "must be one of " + ", ".join(choices), source) from None
 
 
 def normalize_key(key: object, source: str) -> str:
@@ -364,13 +277,12 @@ def validate_values(values: Mapping[str, Any], *, source: str) -> dict[str, Any]
     ordered = sorted(values.items(), key=lambda item: str(item[0]) in ("dataset", "model"))
     for raw_key, value in ordered:
         key = normalize_key(raw_key, source)
-        if key not in _FIELDS:
+        if key not in RUN_SETTINGS:
             close = difflib.get_close_matches(
-                key, list(_FIELDS) + sorted(COMPARE_KEYS) + [OUTPUT_KEY], n=1)
+                key, list(RUN_SETTINGS) + sorted(COMPARE_KEYS) + [OUTPUT_KEY], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{source}: unknown key {raw_key!r}{hint}")
-        value = _check_type(key, value, source)
-        out[key] = _check_value(key, value, source)
+        out[key] = RUN_SETTINGS[key].check(value, source)
     return out
 
 
@@ -402,18 +314,13 @@ def default_tracking(dataset: str, model: str) -> tuple[int, int]:
     return batch, DEFAULT_TRACE_MATVECS_LARGE if large else DEFAULT_TRACE_MATVECS
 
 
-def resolve(values: Mapping[str, Any]) -> RunConfig:
-    """Fill in defaults and optimizer-dependent choices; check the values against each other."""
-    config = RunConfig(**values)
+def _resolve_task(config: Any) -> dict[str, Any]:
+    """The settings that resolve from the task alone (model, checkpoints, tracking)."""
     changes: dict[str, Any] = {}
     if config.model is None:
         from samhess.experiments.models import default_model_for
 
         changes["model"] = default_model_for(config.dataset)
-    if config.lr is None:
-        changes["lr"] = DEFAULT_LR.get(config.optimizer, DEFAULT_LR_OTHERS)
-    if config.rho is None:
-        changes["rho"] = DEFAULT_RHO.get(config.optimizer, DEFAULT_RHO_OTHERS)
     if config.checkpoint_every is None:
         changes["checkpoint_every"] = config.track_every
     if config.tracking_batch_size is None or config.trace_matvecs is None:
@@ -422,13 +329,47 @@ def resolve(values: Mapping[str, Any]) -> RunConfig:
             changes["tracking_batch_size"] = batch
         if config.trace_matvecs is None:
             changes["trace_matvecs"] = matvecs
-    config = dataclasses.replace(config, **changes)
-    if config.momentum > 0 and config.optimizer in ("adamw", "admire"):
-        raise ValueError(
-            f"momentum = {config.momentum!r} is invalid for optimizer {config.optimizer!r}: "
-            "AdamW has no SGD momentum (leave it at 0)"
-        )
-    return config
+    return changes
+
+
+def resolve(values: Mapping[str, Any]) -> Any:
+    """Fill in defaults: the task's (model, tracking) and the optimizer kind's (lr, rho)."""
+    config = RunConfig(**values)
+    kind = optimizer_kind(config.optimizer)
+    changes = _resolve_task(config)
+    for name, setting in RUN_SETTINGS.items():
+        if setting.per_optimizer and getattr(config, name) is None:
+            changes[name] = kind.default_of(setting)
+    return dataclasses.replace(config, **changes)
+
+
+def per_optimizer_defaults(setting: Setting) -> str:
+    """A per-optimizer setting's default in words: ``0.1; 0.001 for adamw, admire``."""
+    others: dict[Any, list[str]] = {}
+    for kind in OPTIMIZER_KINDS.values():
+        if setting.name in kind.reads and kind.default_of(setting) != setting.default:
+            others.setdefault(kind.default_of(setting), []).append(kind.name)
+    parts = [f"{setting.default:g}"] + [f"{value:g} for {', '.join(names)}"
+                                        for value, names in others.items()]
+    return "; ".join(parts)
+
+
+def default_in_words(setting: Setting) -> str:
+    """A setting's default as help texts and docs state it."""
+    if setting.per_optimizer:
+        return per_optimizer_defaults(setting)
+    return setting.default_text()
+
+
+def _refuse_unread(flag_values: Mapping[str, Any], names: tuple[str, ...]) -> None:
+    """A hyperparameter flag that none of the optimizers ``names`` reads is an error (a config
+    file may hold hyperparameters for other optimizers)."""
+    hyper = {setting.name for setting in HYPERPARAMETERS}
+    for key, value in flag_values.items():
+        if key in hyper and not any(key in optimizer_kind(name).reads for name in names):
+            which = (f"optimizer {names[0]!r}" if len(names) == 1
+                     else "any of the optimizers " + ", ".join(names))
+            raise ValueError(f"{setting_label(key, value, 'flags')} does not apply to {which}")
 
 
 #: A YAML 1.2 float in exponent form without a dot or without an exponent sign (``1e-3``,
@@ -532,7 +473,7 @@ def _split_compare_keys(values: Mapping[str, Any], source: str) -> tuple[dict, d
     return task, compare
 
 
-def build_run_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> RunConfig:
+def build_run_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> Any:
     """The resolved configuration of ``samhess run``: defaults < config file < flags."""
     task, compare = _split_compare_keys(file_values, "config file")
     if compare:
@@ -540,7 +481,9 @@ def build_run_config(file_values: Mapping[str, Any], flag_values: Mapping[str, A
         raise ValueError(f"config file: {key} applies to `samhess compare` only")
     merged = {**validate_values(task, source="config file"),
               **validate_values(flag_values, source="flags")}
-    return resolve(merged)
+    config = resolve(merged)
+    _refuse_unread(flag_values, (config.optimizer,))
+    return config
 
 
 def parse_optimizer_list(value: object, source: str) -> tuple[str, ...]:
@@ -554,12 +497,13 @@ def parse_optimizer_list(value: object, source: str) -> tuple[str, ...]:
             f"{source}: optimizers = {value!r} has the wrong type: expected a list of names"
         )
     if not names or any(not name for name in names):
-        raise _bad("optimizers", value, "needs comma-separated optimizer names", source)
+        raise invalid("optimizers", value, "needs comma-separated optimizer names", source)
     for name in names:
-        if name not in OPTIMIZER_NAMES:
-            raise _bad("optimizers", name, "must be one of " + ", ".join(OPTIMIZER_NAMES), source)
+        if name not in OPTIMIZER_KINDS:
+            raise invalid("optimizers", name, "must be one of " + ", ".join(OPTIMIZER_KINDS),
+                          source)
     if len(set(names)) != len(names):
-        raise _bad("optimizers", value, "names an optimizer twice", source)
+        raise invalid("optimizers", value, "names an optimizer twice", source)
     return tuple(names)
 
 
@@ -576,30 +520,50 @@ def build_compare_config(
                     f"{source}: {forbidden} is set per member run by `samhess compare`; "
                     f"use {forbidden}s instead"
                 )
-    compare = {**file_compare, **flag_compare}
     optimizers = DEFAULT_COMPARE_OPTIMIZERS
-    if "optimizers" in compare:
-        source = "flags" if "optimizers" in flag_compare else "config file"
-        optimizers = parse_optimizer_list(compare["optimizers"], source)
     seeds = DEFAULT_COMPARE_SEEDS
-    if "seeds" in compare:
-        source = "flags" if "seeds" in flag_compare else "config file"
-        seeds = compare["seeds"]
-        if isinstance(seeds, bool) or not isinstance(seeds, int):
-            raise TypeError(f"{source}: seeds = {seeds!r} has the wrong type: expected an integer")
-        if seeds < 1:
-            raise _bad("seeds", seeds, "must be >= 1", source)
+    for source, compare in (("config file", file_compare), ("flags", flag_compare)):
+        if "optimizers" in compare:
+            optimizers = parse_optimizer_list(compare["optimizers"], source)
+        if "seeds" in compare:
+            seeds = _COMPARE_SETTINGS["seeds"].check(compare["seeds"], source)
     merged = {**validate_values(file_task, source="config file"),
               **validate_values(flag_task, source="flags")}
-    # Leave lr and rho open: each member run resolves them for its own optimizer.
+    # Leave the per-optimizer settings open: each member run resolves them for its own kind.
     base = RunConfig(**merged)
-    if base.model is None:
-        from samhess.experiments.models import default_model_for
-
-        base = dataclasses.replace(base, model=default_model_for(base.dataset))
-    if base.checkpoint_every is None:
-        base = dataclasses.replace(base, checkpoint_every=base.track_every)
+    base = dataclasses.replace(base, **_resolve_task(base))
     compare_config = CompareConfig(optimizers=optimizers, seeds=seeds, task=base)
-    for name in optimizers:  # cross-checks (e.g. momentum with AdamW) fail before any run starts
+    _refuse_unread(flag_task, optimizers)
+    for name in optimizers:  # cross-checks fail before any run starts
         compare_config.run_config(name, 0)
     return compare_config
+
+
+def _row(*cells: str) -> str:
+    """A markdown table row; a ``|`` inside a cell (``||g||``) is escaped."""
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def settings_markdown() -> str:
+    """The table of every setting, as docs/cli.md shows it (generated from the declarations)."""
+    lines = ["| key (flag) | commands | meaning | default |", "| --- | --- | --- | --- |"]
+    settings = [*COMPARE_SETTINGS, *RUN_SETTINGS.values()]
+    for group in GROUP_ORDER:
+        for setting in (s for s in settings if s.group == group):
+            lines.append(_row(f"`{setting.name}` (`{setting.flag}`)", setting.scope.value,
+                              setting.help, default_in_words(setting)))
+    return "\n".join(lines)
+
+
+def optimizers_markdown() -> str:
+    """The table of every optimizer kind, as docs/cli.md shows it (generated from the registry)."""
+    lines = ["| name | report label | what | hyperparameters | a step |",
+             "| --- | --- | --- | --- | --- |"]
+    for kind in OPTIMIZER_KINDS.values():
+        reads = ", ".join(f"`{name}`" for name in kind.reads)
+        lines.append(_row(f"`{kind.name}`", kind.label, kind.summary, reads, kind.passes))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m samhess.experiments.config: the tables of docs/cli.md
+    print(optimizers_markdown(), settings_markdown(), sep="\n\n")

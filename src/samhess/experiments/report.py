@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from samhess.experiments import runfiles
+from samhess.experiments.optimizer_kinds import ClaimKind, optimizer_kind
 from samhess.experiments.runfiles import (
     COMPARE_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TIMING_FILE, MetricsLog,
 )
@@ -62,10 +63,9 @@ SUMMARY_KEYS: dict[str, str] = {
 #: varies from step to step; the median over the run is the steadier statement).
 _MEDIAN_KEYS = ("gain_ratio", "gain_ratio_vs_base")
 
-#: Each IRE kind and the optimizer it wraps (IRE's step is (I + kappa M) times its base's).
-IRE_BASES: dict[str, str] = {"ire": "sgd", "sam-ire": "sam", "admire": "adamw"}
-_LABELS = {"sgd": "SGD", "sam": "SAM", "usam": "USAM", "asam": "ASAM", "ire": "IRE",
-           "sam-ire": "SAM-IRE", "adamw": "AdamW", "admire": "AdmIRE"}
+
+def _label(name: str) -> str:
+    return optimizer_kind(name).label
 
 _COLUMNS = (
     ("final_train_loss", "final train loss", "{:.4f}"),
@@ -76,13 +76,6 @@ _COLUMNS = (
     ("ire_sharp_flat_gain_ratio_vs_base", "sharp/flat vs base", "{:.3f}"),
     ("seconds_per_step", "s/step", "{:.4f}"),
 )
-
-# One colour per optimizer name, so every plot and report agrees.
-_COLOURS = {
-    "sgd": "#1f77b4", "sam": "#d62728", "usam": "#ff7f0e", "asam": "#8c564b", "ire": "#2ca02c",
-    "sam-ire": "#9467bd", "adamw": "#7f7f7f", "admire": "#17becf",
-}
-
 
 @dataclass
 class RunFiles:
@@ -214,8 +207,9 @@ def steps_to_base_final_loss(variant: Sequence[Sequence[dict[str, Any]]],
 def convergence_entries(groups: dict[str, list[RunFiles]]) -> dict[str, dict[str, Any]]:
     """:func:`steps_to_base_final_loss` of every IRE kind whose base optimizer was also run."""
     out = {}
-    for name, base in IRE_BASES.items():
-        if name in groups and base in groups:
+    for name in groups:
+        base = optimizer_kind(name).base
+        if base is not None and base in groups:
             out[name] = {"base": base, **steps_to_base_final_loss(
                 [run.records for run in groups[name]], [run.records for run in groups[base]])}
     return out
@@ -223,7 +217,7 @@ def convergence_entries(groups: dict[str, list[RunFiles]]) -> dict[str, dict[str
 
 def convergence_line(name: str, entry: dict[str, Any]) -> str:
     """One plain sentence on whether the IRE kind ``name`` reached its base's final loss."""
-    label, base = _LABELS.get(name, name), _LABELS.get(entry["base"], entry["base"])
+    label, base = _label(name), _label(entry["base"])
     target = entry["base_final_train_loss"]
     if target is None:
         return f"{label} against {base}: the base's final train loss is unknown"
@@ -286,51 +280,81 @@ def _mean_of(summary: dict[str, dict[str, Any]], name: str, key: str) -> float |
     return (summary[name].get(key) or {}).get("mean")
 
 
+def _sharp_first(name: str, summary: dict[str, dict[str, Any]],
+                 groups: dict[str, list[RunFiles]]) -> Claim:
+    label = _label(name)
+    value = _mean_of(summary, name, "sharp_flat_gain_ratio")
+    return Claim(
+        f"{label} accelerates sharp directions more than flat ones (sharp/flat gain ratio > 1)",
+        None if value is None else value > 1,
+        f"{label}'s ratio is {_fmt(value, '{:.3f}')}"
+        + _share_of_records(groups, name, lambda v: v > 1))
+
+
+def _flat_first_vs_base(name: str, summary: dict[str, dict[str, Any]],
+                        groups: dict[str, list[RunFiles]]) -> Claim:
+    label, base_label = _label(name), _label(optimizer_kind(name).base)
+    value = _mean_of(summary, name, "ire_sharp_flat_gain_ratio_vs_base")
+    against_gradient = _mean_of(summary, name, "sharp_flat_gain_ratio")
+    return Claim(
+        f"{label} accelerates flat directions more than sharp ones, relative to its base "
+        f"optimizer {base_label} (sharp/flat gain ratio against {base_label}'s step < 1)",
+        None if value is None else value < 1,
+        f"{label}'s ratio against {base_label}'s step is {_fmt(value, '{:.3f}')}"
+        + _share_of_records(groups, name, lambda v: v < 1, "gain_ratio_vs_base")
+        + f"; against a plain gradient step it is {_fmt(against_gradient, '{:.3f}')}")
+
+
+def _flatter_than_reference(name: str, summary: dict[str, dict[str, Any]],
+                            groups: dict[str, list[RunFiles]]) -> Claim | None:
+    reference = optimizer_kind(name).flatness_reference
+    if reference not in summary:
+        return None
+    label, reference_label = _label(name), _label(reference)
+    ours = summary[name]["lambda_max"]["mean"]
+    theirs = summary[reference]["lambda_max"]["mean"]
+    holds = None if ours is None or theirs is None else ours < theirs
+    evidence = (f"lambda_max {_fmt(ours, '{:.3f}')} ({label}) vs {_fmt(theirs, '{:.3f}')} "
+                f"({reference_label})")
+    pairs = [(a.records[-1].get("lambda_max"), b.records[-1].get("lambda_max"))
+             for a, b in zip(groups.get(name, []), groups.get(reference, []))]
+    if len(pairs) > 1 and all(None not in pair for pair in pairs):
+        evidence += (f", mean over seeds; lower in {sum(1 for a, b in pairs if a < b)} of "
+                     f"{len(pairs)} seeds")
+    return Claim(f"{label} ends flatter than {reference_label} (lower final lambda_max)", holds,
+                 evidence)
+
+
+#: How each kind of claim is judged, in the order the report lists them.
+_CLAIM_RULES = {
+    ClaimKind.SHARP_FIRST: _sharp_first,
+    ClaimKind.FLAT_FIRST_VS_BASE: _flat_first_vs_base,
+    ClaimKind.FLATTER_THAN_REFERENCE: _flatter_than_reference,
+}
+
+
 def evaluate_claims(summary: dict[str, dict[str, Any]],
                     groups: dict[str, list[RunFiles]]) -> list[Claim]:
-    """The seed note's claims, where the optimizers they name were run.
+    """The seed note's claims that the compared kinds declare
+    (:attr:`~samhess.experiments.optimizer_kinds.OptimizerKind.claims`), in the order of
+    :class:`~samhess.experiments.optimizer_kinds.ClaimKind`:
 
-    * SAM's step is about (I + rho H / ||g||) g: sharp directions gain more than flat ones,
-      sharp/flat gain ratio (against the gradient step) > 1.
-    * IRE amplifies only flat coordinates, D = (I + kappa M) D_base: relative to its own base
-      optimizer's step, sharp/flat gain ratio < 1. One claim per IRE kind run (IRE, SAM-IRE,
-      AdmIRE), each judged on ``ire_sharp_flat_gain_ratio_vs_base``: against the gradient step
-      AdmIRE's ratio also carries Adam's preconditioning, which alone can put it below 1.
-    * SAM ends flatter than SGD: a lower final lambda_max.
+    * sharp first: the step is about (I + rho H / ||g||) g for SAM, so sharp directions gain
+      more than flat ones: sharp/flat gain ratio (against the gradient step) > 1;
+    * flat first against its base: IRE amplifies only flat coordinates,
+      D = (I + kappa M) D_base, so relative to its own base optimizer's step the ratio is
+      < 1; against the gradient step AdmIRE's ratio also carries Adam's preconditioning, which
+      alone can put it below 1;
+    * flatter than its reference: a lower final lambda_max than the kind it is compared with
+      (SGD for the SAM family), when that kind was run.
     """
     claims = []
-
-    if "sam" in summary:
-        value = _mean_of(summary, "sam", "sharp_flat_gain_ratio")
-        claims.append(Claim(
-            "SAM accelerates sharp directions more than flat ones (sharp/flat gain ratio > 1)",
-            None if value is None else value > 1,
-            f"SAM's ratio is {_fmt(value, '{:.3f}')}"
-            + _share_of_records(groups, "sam", lambda v: v > 1)))
-    for name, base in IRE_BASES.items():
-        if name not in summary:
-            continue
-        label, base_label = _LABELS[name], _LABELS[base]
-        value = _mean_of(summary, name, "ire_sharp_flat_gain_ratio_vs_base")
-        against_gradient = _mean_of(summary, name, "sharp_flat_gain_ratio")
-        claims.append(Claim(
-            f"{label} accelerates flat directions more than sharp ones, relative to its base "
-            f"optimizer {base_label} (sharp/flat gain ratio against {base_label}'s step < 1)",
-            None if value is None else value < 1,
-            f"{label}'s ratio against {base_label}'s step is {_fmt(value, '{:.3f}')}"
-            + _share_of_records(groups, name, lambda v: v < 1, "gain_ratio_vs_base")
-            + f"; against a plain gradient step it is {_fmt(against_gradient, '{:.3f}')}"))
-    if "sam" in summary and "sgd" in summary:
-        sam = summary["sam"]["lambda_max"]["mean"]
-        sgd = summary["sgd"]["lambda_max"]["mean"]
-        holds = None if sam is None or sgd is None else sam < sgd
-        evidence = f"lambda_max {_fmt(sam, '{:.3f}')} (SAM) vs {_fmt(sgd, '{:.3f}')} (SGD)"
-        pairs = [(a.records[-1].get("lambda_max"), b.records[-1].get("lambda_max"))
-                 for a, b in zip(groups.get("sam", []), groups.get("sgd", []))]
-        if len(pairs) > 1 and all(None not in pair for pair in pairs):
-            evidence += (f", mean over seeds; lower in {sum(1 for a, b in pairs if a < b)} of "
-                         f"{len(pairs)} seeds")
-        claims.append(Claim("SAM ends flatter than SGD (lower final lambda_max)", holds, evidence))
+    for claim_kind, rule in _CLAIM_RULES.items():
+        for name in summary:
+            if claim_kind in optimizer_kind(name).claims:
+                claim = rule(name, summary, groups)
+                if claim is not None:
+                    claims.append(claim)
     return claims
 
 
@@ -370,7 +394,8 @@ def _png_bytes(figure) -> bytes:
 
 
 def _colour(name: str) -> str:
-    return _COLOURS.get(name, "#000000")
+    """The kind's colour (:mod:`samhess.experiments.optimizer_kinds`), the same in every plot."""
+    return optimizer_kind(name).colour
 
 
 def _series(run: RunFiles, key: str) -> tuple[list[int], list[float]]:
@@ -600,17 +625,9 @@ def _task_line(config: dict[str, Any]) -> str:
 
 
 def _hyperparameters(name: str, config: dict[str, Any]) -> str:
-    parts = [f"lr {config['lr']:g}"]
-    if name not in ("adamw", "admire"):
-        parts.append(f"momentum {config['momentum']:g}")
-    if config["weight_decay"]:
-        parts.append(f"weight decay {config['weight_decay']:g}")
-    if name in ("sam", "usam", "asam", "sam-ire"):
-        parts.append(f"rho {config['rho']:g}")
-    if name in ("ire", "sam-ire", "admire"):
-        parts.append(f"kappa {config['kappa']:g}, gamma {config['gamma']:g}, refresh every "
-                     f"{config['refresh_every']}, from step {config['start_step']}")
-    return ", ".join(parts)
+    """The values of the hyperparameters the kind reads, in its order."""
+    return ", ".join(f"{key.replace('_', ' ')} {config[key]:g}"
+                     for key in optimizer_kind(name).reads)
 
 
 _EXPLANATION = (
@@ -751,7 +768,7 @@ def _groups_of(directory: Path) -> tuple[str, dict[str, Any], dict[str, list[Run
         return "samhess comparison", first, groups, True
     if (directory / CONFIG_FILE).exists():
         run = read_run(directory)
-        title = f"samhess run: {run.optimizer}, seed {run.seed}"
+        title = f"samhess run: {_label(run.optimizer)} ({run.optimizer}), seed {run.seed}"
         return title, run.config, {run.optimizer: [run]}, False
     raise ValueError(f"{directory} holds no run (config.json) or comparison (compare.json)")
 

@@ -1,0 +1,149 @@
+"""The task of one run: data, model, loss, optimizer and tracking setup, and its batch order.
+
+A :class:`Task` is what a run's configuration builds before the first step, on its device and in
+its precision; the training loop (:mod:`samhess.experiments.train`), the checkpoint
+(:mod:`samhess.experiments.checkpoint`) and the final analysis (:mod:`samhess.experiments.
+analyze`) all work on one. Everything random in a task comes from the run's seed through
+independent branches of ``numpy.random.SeedSequence`` (:func:`derived_seed`):
+
+* batch order: epoch ``e`` visits the training set in the permutation drawn from
+  ``SeedSequence(seed, spawn_key=(0, e))``, in ``floor(n / batch_size)`` full batches, so the
+  data position is the step itself;
+* the fixed curvature batch, IRE's sampled labels and the curvature estimators' probes: one
+  branch each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from samhess.experiments.optimizer_kinds import OptimizerKind, build_optimizer, optimizer_kind
+from samhess.experiments.tracking import TrackingSetup
+
+__all__ = ["Task", "BatchOrder", "build_task", "derived_seed", "epoch_permutation",
+           "resolve_device"]
+
+#: Seed-sequence branches: batch order, tracking batch, IRE's sampled labels, curvature probes.
+ORDER, TRACKING, LABELS, PROBES = 0, 1, 2, 3
+
+
+def derived_seed(seed: int, branch: int) -> int:
+    """An independent 63-bit seed for one use of the run's seed."""
+    state = np.random.SeedSequence(seed, spawn_key=(branch,)).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` visits ``n`` training examples."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ORDER, epoch)))
+    return rng.permutation(n)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (must be available) or ``auto`` (CUDA where available).
+
+    Under torch.distributed, ``cuda`` is this process's GPU (``LOCAL_RANK``, selected when the
+    process group was joined).
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device 'cuda' is invalid: no CUDA device is available here")
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+@dataclass
+class Task:
+    """Data, model, loss and optimizer of one run, on its device and in its precision."""
+
+    config: Any
+    kind: OptimizerKind
+    data: Any
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: Any
+    train_inputs: torch.Tensor
+    train_targets: torch.Tensor
+    tracking: TrackingSetup
+    label_generator: torch.Generator
+    batches_per_epoch: int
+
+
+def _to(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    tensor = tensor.to(device)
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def build_task(config: Any) -> Task:
+    """Load the data, build the model (seeded), the loss, the optimizer and the tracking setup."""
+    from samhess.experiments.data import load_dataset
+    from samhess.experiments.models import build_model, loss_for
+
+    from samhess.experiments.datasets.files import DataDirectoryError
+
+    device = resolve_device(config.device)
+    dtype = getattr(torch, config.dtype)
+    try:
+        data = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    except DataDirectoryError as error:
+        raise error.naming("--data-dir") from None
+    if config.batch_size > data.num_train:
+        raise ValueError(f"--batch-size {config.batch_size} is invalid: the training set of "
+                         f"{config.dataset!r} holds only {data.num_train} examples")
+    model = build_model(config.model, data, seed=config.seed).to(device=device, dtype=dtype)
+    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if config.top_k >= dim:
+        # Lanczos finds at most dim - 1 eigenpairs; caught here, before the run directory is
+        # claimed, rather than at the first record.
+        raise ValueError(f"--top-k {config.top_k} is invalid: it must be smaller than the "
+                         f"number of trainable parameters of the {config.model!r} model, {dim}")
+    loss_fn = loss_for(data)
+    kind = optimizer_kind(config.optimizer)
+    optimizer = build_optimizer(config.optimizer, model, config.to_dict())
+
+    train_x, train_y = _to(data.train_inputs, device, dtype), _to(data.train_targets, device, dtype)
+    test_x, test_y = _to(data.test_inputs, device, dtype), _to(data.test_targets, device, dtype)
+    size = min(config.tracking_batch_size, data.num_train)
+    chosen = np.random.default_rng(derived_seed(config.seed, TRACKING)).choice(
+        data.num_train, size=size, replace=False)
+    chosen = torch.as_tensor(np.sort(chosen), device=device)
+    limit = config.eval_examples
+    tracking = TrackingSetup(
+        loss_fn=loss_fn, kind=data.kind, batch=(train_x[chosen], train_y[chosen]),
+        train_eval=(train_x[:limit], train_y[:limit]), test_eval=(test_x[:limit], test_y[:limit]),
+        top_k=config.top_k, trace_matvecs=config.trace_matvecs,
+        seed=derived_seed(config.seed, PROBES) % (2**31),
+    )
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derived_seed(config.seed, LABELS))
+    return Task(config=config, kind=kind, data=data, model=model, loss_fn=loss_fn, optimizer=optimizer,
+                train_inputs=train_x, train_targets=train_y, tracking=tracking,
+                label_generator=generator,
+                batches_per_epoch=data.num_train // config.batch_size)
+
+
+class BatchOrder:
+    """Mini-batches as a function of the step: epoch = step // batches_per_epoch."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self._epoch = -1
+        self._order: torch.Tensor | None = None
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        task = self.task
+        epoch, position = divmod(step, task.batches_per_epoch)
+        if epoch != self._epoch:
+            order = epoch_permutation(task.config.seed, epoch, task.train_inputs.shape[0])
+            self._order = torch.as_tensor(order, device=task.train_inputs.device)
+            self._epoch = epoch
+        size = task.config.batch_size
+        index = self._order[position * size:(position + 1) * size]
+        return task.train_inputs[index], task.train_targets[index]
