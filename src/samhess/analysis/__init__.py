@@ -4,9 +4,10 @@
   :math:`\\nabla L(w + e) \\approx g + He` and :math:`L(w + e) \\approx L + e^\\top g +
   \\tfrac12 e^\\top H e` hold, and the Monte-Carlo identity
   :math:`\\mathbb{E}\\, e^\\top H e = \\sigma^2 \\operatorname{Tr} H`;
-* :func:`directional_gains`, :func:`sharp_flat_gains`: one real optimizer step (SGD, SAM, USAM,
-  IRE over anything) along Hessian eigenvectors against a gradient step, with the theory's
-  prediction; the step is undone bit for bit;
+* :func:`directional_gains`, :func:`sharp_flat_gains`: one real step of any torch optimizer along
+  Hessian eigenvectors against a gradient step, with the theory's prediction where one is
+  registered for the optimizer's exact type (:func:`register_prediction`); the step is undone
+  bit for bit;
 * :func:`ire_mask_quality`: whether IRE's coordinate mask separates sharp from flat eigenspaces;
 * :func:`minibatch_decomposition`: SAM's extra term on a mini-batch split into full-data,
   Hessian-noise and gradient-noise parts;
@@ -22,6 +23,13 @@ from samhess.analysis.gains import directional_gains, sharp_flat_gains, subspace
 from samhess.analysis.mask_quality import flat_mask_vector, ire_mask_quality
 from samhess.analysis.minibatch import minibatch_decomposition
 from samhess.analysis.plots import plot_gains, plot_taylor, plot_validity
+from samhess.analysis.predictions import (
+    FirstOrderPrediction,
+    PredictionContext,
+    StepForm,
+    predict_step,
+    register_prediction,
+)
 from samhess.analysis.results import (
     DirectionalGains,
     MaskQuality,
@@ -45,6 +53,11 @@ __all__ = [
     "subspace_gain",
     "measure_steps",
     "StepMeasurement",
+    "FirstOrderPrediction",
+    "PredictionContext",
+    "StepForm",
+    "predict_step",
+    "register_prediction",
     "ire_mask_quality",
     "flat_mask_vector",
     "minibatch_decomposition",
