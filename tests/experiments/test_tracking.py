@@ -106,3 +106,31 @@ def test_grad_norm_is_the_eval_mode_gradient_norm_on_the_tracking_batch():
     grads = torch.autograd.grad(task.loss_fn(model(inputs), targets), list(model.parameters()))
     assert record["grad_norm"] == pytest.approx(float(_flat(grads).norm()), rel=1e-12)
     assert record["grad_norm"] > 0.0
+
+
+def test_gradient_alignment_against_the_dense_hessian():
+    """|<g_hat, v_i>|, their share of ||g||^2 and the sign of <g, v_1> against the eigenvectors of
+    the dense Hessian (torch.func) and an autograd gradient, on the tracking batch."""
+    task = _trained_task("sgd", steps=2)
+    record = measure_curvature(task.model, task.optimizer, task.tracking)
+    model = copy.deepcopy(task.model).eval()
+    inputs, targets = task.tracking.batch
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+
+    def loss(flat):
+        tensors = [t.reshape(s) for t, s in zip(torch.split(flat, sizes), shapes)]
+        outputs = torch.func.functional_call(model, dict(zip(names, tensors)), (inputs,))
+        return task.loss_fn(outputs, targets)
+
+    w = _flat(model.parameters())
+    g = torch.func.grad(loss)(w)
+    values, vectors = torch.linalg.eigh(torch.func.hessian(loss)(w))
+    top = vectors[:, torch.argsort(values, descending=True)[:task.tracking.top_k]]
+    expected = (top.T @ g).abs() / g.norm()
+    assert record["gradient_alignments"] == pytest.approx(expected.tolist(), rel=1e-6, abs=1e-9)
+    assert record["sharp_gradient_share"] == pytest.approx(float(expected.square().sum()),
+                                                           rel=1e-6)
+    v1 = top[:, 0] * torch.sign(top[int(top[:, 0].abs().argmax()), 0])
+    assert record["top_eigenvector_sign"] == int(torch.sign(v1 @ g))

@@ -12,6 +12,13 @@ function's Hessian:
 * ``eigenvalues``: the ``top_k`` largest Hessian eigenvalues (Lanczos), ``lambda_max`` first;
 * ``hessian_trace`` and ``hessian_trace_stderr``: Hutch++ (Meyer et al., SOSA 2021);
 * ``grad_norm``: ||g|| of the mean loss on that batch;
+* ``gradient_alignments``: :math:`|\langle \hat g, v_i\rangle|` for the top-``k`` eigenvectors
+  (:math:`\hat g = g/\lVert g\rVert`), ``sharp_gradient_share``: their sum of squares, the share
+  of :math:`\lVert g\rVert^2` in the top-``k`` eigenspace, and ``top_eigenvector_sign``: the sign
+  of :math:`\langle g, v_1\rangle`, with :math:`v_1`'s sign fixed so that its largest-magnitude
+  coordinate is positive (Lanczos returns either sign). Whether the seed's full-batch picture
+  can show at all depends on the alignment: a sharp subspace that holds almost none of the
+  gradient has gains that are ratios of tiny numbers (docs/theory.md);
 * ``sharp_gain``, ``flat_gain``, ``gain_ratio``: the optimizer's step measured along the top
   eigenvectors (sharp) and the flat directions, each relative to a plain gradient step with the
   same learning rate (:func:`samhess.analysis.sharp_flat_gains`). The seed note predicts a ratio
@@ -42,7 +49,8 @@ from torch import nn
 #: Keys of every record in metrics.jsonl, in the order they are written.
 RECORD_KEYS: tuple[str, ...] = (
     "step", "epoch", "batch_loss", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-    "grad_norm", "lambda_max", "eigenvalues", "hessian_trace", "hessian_trace_stderr",
+    "grad_norm", "lambda_max", "eigenvalues", "gradient_alignments", "sharp_gradient_share",
+    "top_eigenvector_sign", "hessian_trace", "hessian_trace_stderr",
     "sharp_gain", "flat_gain", "gain_ratio", "sharp_gain_vs_base", "flat_gain_vs_base",
     "gain_ratio_vs_base", "hessian_matvecs",
 )
@@ -126,6 +134,27 @@ def evaluate(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets:
     return total_loss / total_weight, accuracy
 
 
+def gradient_alignment(gradient: torch.Tensor, eigenvectors: torch.Tensor
+                       ) -> tuple[list[float] | None, float | None, int | None]:
+    r"""How the gradient lies on the top eigenvectors.
+
+    Returns:
+        :math:`|\langle \hat g, v_i\rangle|` per eigenvector, their sum of squares (the share of
+        :math:`\lVert g\rVert^2` in the span of orthonormal :math:`v_i`), and the sign (+1, -1 or
+        0) of :math:`\langle g, v_1\rangle` with :math:`v_1`'s largest-magnitude coordinate made
+        positive; ``None`` each for a zero gradient.
+    """
+    vectors = eigenvectors.to(gradient)
+    norm = float(gradient.norm())
+    if norm == 0.0:
+        return None, None, None
+    components = vectors.T @ gradient / norm
+    first = vectors[:, 0]
+    orientation = 1.0 if float(first[int(first.abs().argmax())]) >= 0 else -1.0
+    sign = int(torch.sign(components[0] * orientation))
+    return components.abs().tolist(), float(components.square().sum()), sign
+
+
 def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) -> dict[str, Any]:
     """Eigenvalues, trace, gradient norm and sharp/flat gains on the tracking batch.
 
@@ -148,10 +177,14 @@ def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) ->
                                    reference=optimizer.optimizer, params=params, sharp=top,
                                    seed=setup.seed)
     eigenvalues = [float(v) for v in top.eigenvalues]
+    alignments, share, sign = gradient_alignment(operator.gradient(), top.eigenvectors)
     return {
         "grad_norm": float(gains.grad_norm),
         "lambda_max": eigenvalues[0],
         "eigenvalues": eigenvalues,
+        "gradient_alignments": alignments,
+        "sharp_gradient_share": share,
+        "top_eigenvector_sign": sign,
         "hessian_trace": float(estimate.estimate),
         "hessian_trace_stderr": float(estimate.stderr),
         "sharp_gain": float(gains.sharp_gain),
