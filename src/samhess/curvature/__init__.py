@@ -16,6 +16,12 @@ Estimators take any operator (or a square tensor):
 * :func:`diagonal` -- exact, Hutchinson, Gauss-Newton-Bartlett;
 * :func:`spectral_density` -- stochastic Lanczos quadrature, :func:`plot_spectral_density`;
 * :func:`dense_hessian` -- the explicit matrix for small models.
+
+Data (:mod:`samhess.curvature.batches`, :mod:`samhess.curvature.data`): batches
+``(inputs, targets)`` with inputs a tensor, a tuple or a mapping of the model's arguments, and
+targets anything the loss takes; batches of a loader are weighted by the units their loss
+averages over (:mod:`samhess.curvature.units`, :class:`TokenCrossEntropy` for padded tokens).
+Attention runs on the math kernel inside samhess (:mod:`samhess.curvature.attention`).
 """
 
 from samhess.curvature.data import mean_over_data
@@ -28,6 +34,7 @@ from samhess.curvature.ggn import GGNOperator
 from samhess.curvature.hessian import HessianOperator
 from samhess.curvature.losses import detect_loss_kind
 from samhess.curvature.operators import CurvatureOperator, MatrixOperator
+from samhess.curvature.token_loss import TokenCrossEntropy
 from samhess.curvature.trace import TraceEstimate, trace
 from samhess.curvature.vectors import flatten, trainable_parameters, unflatten
 
@@ -39,6 +46,7 @@ __all__ = [
     "HessianOperator",
     "MatrixOperator",
     "SpectralDensity",
+    "TokenCrossEntropy",
     "TraceEstimate",
     "dense_hessian",
     "detect_loss_kind",

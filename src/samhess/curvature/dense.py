@@ -8,37 +8,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from samhess.curvature.data import mean_over_data
 from samhess.curvature.hessian import HessianOperator
-from samhess.curvature.operators import check_finite_loss
-from samhess.curvature.vectors import flatten, unflatten
 
 
 def dense_hessian(
     model: nn.Module,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[Any, Any], torch.Tensor],
     data: Any,
     params: Iterable[torch.Tensor] | None = None,
     *,
     eval_mode: bool = True,
+    weight_of: Callable[[Any], Any] | None = None,
+    block_size: int = 256,
 ) -> torch.Tensor:
-    """The ``(dim, dim)`` Hessian of the mean loss over ``data``, entry by entry.
+    """The ``(dim, dim)`` Hessian of the mean loss over ``data``, column by column.
 
-    Each batch's Hessian :math:`\\nabla^2 L_b` comes from :func:`torch.func.hessian` (forward
-    over reverse mode, all ``dim`` directions at once with ``vmap``) of the loss as a function of
-    the flat parameter vector; batches are averaged by size like every operator. Memory grows
-    like ``dim`` times one backward pass, so keep ``dim`` to a few thousand. Arguments as for
-    :class:`~samhess.curvature.hessian.HessianOperator` (the same checks apply).
+    Column :math:`j` is :math:`H e_j = \\nabla_w \\langle \\nabla_w \\bar L(w), e_j \\rangle`, one
+    backward pass through the gradient's graph (reverse over reverse, Pearlmutter 1994), so the
+    matrix costs ``dim`` backward passes and is exact for every model PyTorch differentiates
+    twice: LayerNorm, embeddings and tied weights included. (``torch.func.hessian``, which
+    batches the directions with ``vmap``, is wrong through ``layer_norm`` in torch 2.13.)
+    The result is symmetrized, :math:`(H + H^\\top)/2`. Batches are averaged as every operator
+    averages them; arguments as for :class:`~samhess.curvature.hessian.HessianOperator` (the
+    same checks apply). Memory: ``block_size`` columns of ``dim`` at a time, plus the matrix.
     """
-    operator = HessianOperator(model, loss_fn, data, params, eval_mode=eval_mode)
-    point = flatten(operator.params)
-
-    def batch_hessian(inputs: torch.Tensor, targets: torch.Tensor):
-        def loss_at(flat: torch.Tensor) -> torch.Tensor:
-            return operator.loss_fn(operator._outputs(unflatten(flat, operator.params), inputs), targets)
-
-        return torch.func.hessian(loss_at)(point), loss_at(point).detach()
-
-    (matrix, loss), _ = mean_over_data(batch_hessian, data, device=operator.device, dtype=operator.dtype)
-    check_finite_loss(loss, "Hessian")
+    operator = HessianOperator(
+        model, loss_fn, data, params, eval_mode=eval_mode, method="double-backward", weight_of=weight_of
+    )
+    matrix = operator.to_dense(block_size=block_size)
     return (matrix + matrix.T) / 2

@@ -71,7 +71,10 @@ def _gauss_newton_bartlett(H: Any, num_samples: int, seed: int) -> torch.Tensor:
     if isinstance(H, FisherOperator):
         fisher = H
     elif isinstance(H, GGNOperator):
-        fisher = FisherOperator(H.model, H.loss_fn, H.data, H.params, eval_mode=H.eval_mode)
+        fisher = FisherOperator(
+            H.model, H.loss_fn, H.data, H.params, eval_mode=H.eval_mode,
+            weight_of=H.weight_of, logits_of=H.logits_of,
+        )
     else:
         raise ValueError(
             "method='gnb' estimates the Gauss-Newton diagonal; H must be a GGNOperator or "

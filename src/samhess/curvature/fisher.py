@@ -9,7 +9,10 @@ The Fisher of the model's predictive distribution :math:`p(y \\mid f(x; w))` ove
       = \\frac1M \\sum_m J_m^\\top \\nabla^2_{f} \\ell(f_m) J_m ,
 
 where :math:`\\ell = -\\log p` and :math:`m` runs over the :math:`M` independent predictions
-(examples, or tokens of a sequence model). For cross-entropy and the squared error it equals the
+(examples, or tokens of a sequence model) that the loss counts: positions whose target is a
+cross-entropy's ``ignore_index`` (padding) are left out, as the loss leaves them out
+(:func:`samhess.curvature.units.counted_rows`). The predictions are the logits, found in the
+model's outputs by :func:`samhess.curvature.logits.find_logits`. For cross-entropy and the squared error it equals the
 generalized Gauss-Newton matrix (:class:`~samhess.curvature.ggn.GGNOperator`) of the plain mean
 loss (Martens, "New insights and perspectives on the natural gradient method", JMLR 2020).
 Replacing the expectation by draws of :math:`\\hat y` ("sampled labels", Monte-Carlo Fisher)
@@ -31,6 +34,7 @@ from torch import nn
 from samhess._validation import check_int_at_least
 from samhess.curvature.data import mean_over_data
 from samhess.curvature.jacobian import OutputJacobian
+from samhess.curvature.logits import check_logits_of, find_logits
 from samhess.curvature.losses import (
     as_rows,
     detect_loss_kind,
@@ -39,6 +43,7 @@ from samhess.curvature.losses import (
     sample_targets,
 )
 from samhess.curvature.operators import CurvatureOperator, check_finite_loss, gradient_products
+from samhess.curvature.units import counted_rows
 from samhess.curvature.vectors import flatten, unflatten
 
 
@@ -46,6 +51,7 @@ from samhess.curvature.vectors import flatten, unflatten
 class _SampledFisherState:
     jacobian: OutputJacobian
     residuals: torch.Tensor  # (num_samples, M, d): output gradients at the sampled targets
+    count: int  # predictions the loss counts (rows of ignored targets have zero residuals)
     loss: torch.Tensor
 
 
@@ -64,8 +70,10 @@ class FisherOperator(CurvatureOperator):
     matrix for every product as long as the batches come in the same order.
 
     Args:
-        model, loss_fn, data, params, eval_mode, cache_graph: as for
+        model, loss_fn, data, params, eval_mode, cache_graph, weight_of: as for
             :class:`~samhess.curvature.hessian.HessianOperator`.
+        logits_of: ``logits_of(outputs)`` -> the logits, for outputs in which
+            :func:`~samhess.curvature.logits.find_logits` does not find them.
         loss_kind: ``"cross_entropy"`` or ``"mse"``; detected from ``loss_fn`` when ``None``.
         num_samples: draws :math:`S` of the labels per prediction.
         seed: seed of the label draws.
@@ -83,35 +91,52 @@ class FisherOperator(CurvatureOperator):
         num_samples: int = 1,
         seed: int = 0,
         cache_graph: bool = True,
+        weight_of: Callable[[Any], Any] | None = None,
+        logits_of: Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
         self.loss_kind = detect_loss_kind(loss_fn, loss_kind)
         self.num_samples = check_int_at_least("num_samples", num_samples, 1)
         self.seed = check_int_at_least("seed", seed, 0)
-        super().__init__(model, loss_fn, data, params, eval_mode=eval_mode, cache_graph=cache_graph)
+        self.logits_of = check_logits_of(logits_of)
+        super().__init__(
+            model, loss_fn, data, params, eval_mode=eval_mode, cache_graph=cache_graph, weight_of=weight_of
+        )
         self._generator = torch.Generator(device=self.device)
 
     def _product(self, rows: torch.Tensor) -> torch.Tensor:
         self._generator.manual_seed(self.seed)
         return super()._product(rows)
 
-    def _prepare(self, inputs: torch.Tensor, targets: torch.Tensor) -> _SampledFisherState:
+    def _counted(self, logits: torch.Tensor, targets: Any) -> tuple[torch.Tensor | None, int]:
+        """The mask of the prediction rows the loss counts (``None``: all) and their number."""
+        num_rows = as_rows(logits, self.loss_kind).shape[0]
+        if self.loss_kind != "cross_entropy":
+            return None, num_rows
+        counted = counted_rows(self.loss_fn, targets, num_rows)
+        return counted, num_rows if counted is None else int(counted.sum())
+
+    def _prepare(self, inputs: Any, targets: Any) -> _SampledFisherState:
         leaves = self._leaves()
         outputs = self._outputs(leaves, inputs)
+        logits = find_logits(outputs, self.logits_of)
+        detached = logits.detach()
         residuals = torch.stack(
             [
-                output_gradients(
-                    outputs.detach(), sample_targets(outputs, self.loss_kind, self._generator), self.loss_kind
-                )
+                output_gradients(detached, sample_targets(detached, self.loss_kind, self._generator), self.loss_kind)
                 for _ in range(self.num_samples)
             ]
         )
-        loss = self.loss_fn(outputs.detach(), targets)
-        return _SampledFisherState(OutputJacobian(outputs, leaves), residuals, loss)
+        counted, count = self._counted(detached, targets)
+        if counted is not None:
+            residuals = residuals * counted[:, None].to(residuals.dtype)
+        with torch.no_grad():
+            loss = self.loss_fn(outputs, targets)
+        return _SampledFisherState(OutputJacobian(logits, leaves), residuals, count, loss)
 
     def _apply(self, state: _SampledFisherState, vector: list[torch.Tensor]) -> list[torch.Tensor]:
         jv = as_rows(state.jacobian.jvp(vector), self.loss_kind)
         coefficients = (state.residuals * jv).sum(dim=-1, keepdim=True)
-        scale = 1.0 / (state.residuals.shape[0] * jv.shape[0])
+        scale = 1.0 / (state.residuals.shape[0] * max(state.count, 1))
         covector = (state.residuals * coefficients).sum(dim=0) * scale
         return state.jacobian.vjp(covector.reshape(state.jacobian.outputs.shape))
 
@@ -123,19 +148,24 @@ class FisherOperator(CurvatureOperator):
             "num_samples", num_samples, 1
         )
 
-        def batch_estimate(inputs: torch.Tensor, targets: torch.Tensor):
+        def batch_estimate(inputs: Any, targets: Any):
             leaves = self._leaves()
             outputs = self._outputs(leaves, inputs)
-            count = as_rows(outputs, self.loss_kind).shape[0]
+            logits = find_logits(outputs, self.logits_of)
+            counted, count = self._counted(logits.detach(), targets)
             total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
             for _ in range(num_samples):
-                sampled = sample_targets(outputs, self.loss_kind, generator)
-                surrogate = negative_log_likelihood(outputs, sampled, self.loss_kind)
+                sampled = sample_targets(logits, self.loss_kind, generator)
+                surrogate = negative_log_likelihood(logits, sampled, self.loss_kind, counted)
                 gradient = flatten(gradient_products([surrogate], leaves, [torch.ones_like(surrogate)]))
                 total.add_(gradient.square(), alpha=count)
-            return total / num_samples, self.loss_fn(outputs.detach(), targets)
+            with torch.no_grad():
+                loss = self.loss_fn(outputs, targets)
+            return total / num_samples, loss
 
-        (estimate, loss), _ = mean_over_data(batch_estimate, self.data, device=self.device, dtype=self.dtype)
+        (estimate, loss), _ = mean_over_data(
+            batch_estimate, self.data, device=self.device, dtype=self.dtype, weight=self._weight
+        )
         check_finite_loss(loss, "Fisher")
         return [t.clone() for t in unflatten(estimate, self.params)]
 
@@ -150,10 +180,12 @@ def fisher_diagonal(
     generator: torch.Generator | None = None,
     loss_kind: str | None = None,
     eval_mode: bool = True,
+    weight_of: Callable[[Any], Any] | None = None,
+    logits_of: Callable[[Any], torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Gauss-Newton-Bartlett estimate of the Fisher (= GGN) diagonal, shaped like ``params``.
 
-    For each batch with :math:`M` predictions, labels are drawn from the model,
+    For each batch with :math:`M` predictions (those the loss counts), labels are drawn from the model,
     :math:`\\hat y_m \\sim p(\\cdot \\mid f_m)`, and
 
     .. math::
@@ -161,7 +193,8 @@ def fisher_diagonal(
         \\hat h = M \\, \\nabla_w \\hat L \\odot \\nabla_w \\hat L, \\qquad
         \\hat L = \\frac1M \\sum_{m=1}^M \\ell(f_m, \\hat y_m),
 
-    averaged over ``num_samples`` draws and over batches (weighted by batch size). Because
+    averaged over ``num_samples`` draws and over batches (weighted by the loss's units, as every
+    operator). Because
     :math:`\\mathbb E_{\\hat y}[\\nabla_w \\ell(f_m, \\hat y)] = 0`, the cross terms vanish in
     expectation and :math:`\\mathbb E[\\hat h] = \\operatorname{diag}(F) = \\operatorname{diag}(G)`.
     One backward pass per draw, the cost of a gradient. (Liu et al., "Sophia: a scalable
@@ -180,11 +213,14 @@ def fisher_diagonal(
             when ``None``.
         loss_kind: ``"cross_entropy"`` or ``"mse"``; detected from ``loss_fn`` when ``None``.
         eval_mode: evaluate the model in eval mode (it is left in the mode it came in).
+        weight_of: as for :class:`~samhess.curvature.hessian.HessianOperator`.
+        logits_of: as for :class:`FisherOperator`.
 
     Returns:
         Non-negative tensors, one per parameter, shaped like the parameters.
     """
     operator = FisherOperator(
-        model, loss_fn, data, params, eval_mode=eval_mode, loss_kind=loss_kind, num_samples=num_samples
+        model, loss_fn, data, params, eval_mode=eval_mode, loss_kind=loss_kind,
+        num_samples=num_samples, weight_of=weight_of, logits_of=logits_of,
     )
     return operator.gauss_newton_bartlett_diagonal(generator=generator)

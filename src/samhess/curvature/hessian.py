@@ -29,10 +29,11 @@ class HessianOperator(CurvatureOperator):
 
     .. math::
 
-        \\bar L(w) = \\frac{\\sum_b n_b L_b(w)}{\\sum_b n_b}, \\qquad
-        H v = \\frac{\\sum_b n_b \\nabla^2 L_b(w)\\, v}{\\sum_b n_b},
+        \\bar L(w) = \\frac{\\sum_b W_b L_b(w)}{\\sum_b W_b}, \\qquad
+        H v = \\frac{\\sum_b W_b \\nabla^2 L_b(w)\\, v}{\\sum_b W_b},
 
-    with :math:`L_b` the batch-mean loss of batch :math:`b` and :math:`n_b` its size. Each product
+    with :math:`L_b` the batch-mean loss of batch :math:`b` and :math:`W_b` the units it averages
+    over (its examples, or its non-ignored tokens: :mod:`samhess.curvature.units`). Each product
     is exact (Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 1994):
 
     * ``method="double-backward"`` (default): :math:`Hv = \\nabla_w \\langle \\nabla_w L(w), v\\rangle`,
@@ -54,8 +55,13 @@ class HessianOperator(CurvatureOperator):
     its running statistics, dropout is off) and is left in the mode it came in; floating data is
     cast to the parameters' dtype, so ``model.double()`` gives a float64 Hessian.
 
+    Models with scaled-dot-product attention run it on the math kernel during products
+    (:mod:`samhess.curvature.attention`): the fused kernels have no second derivative.
+
     Args:
-        model: the network, ``model(inputs) -> outputs``.
+        model: the network, called as ``model(inputs)``, ``model(*inputs)`` for a tuple or list
+            and ``model(**inputs)`` for a mapping (:mod:`samhess.curvature.batches`); its
+            outputs (a tensor, a mapping, any object) go to ``loss_fn`` as they are.
         loss_fn: ``loss_fn(outputs, targets)``, the batch-mean loss.
         data: one ``(inputs, targets)`` batch or a re-iterable collection of batches (e.g. a
             ``DataLoader``; it should not shuffle if its products must be repeatable).
@@ -64,6 +70,10 @@ class HessianOperator(CurvatureOperator):
         method: ``"double-backward"`` or ``"forward-over-reverse"``.
         cache_graph: with single-batch data and ``method="double-backward"``, keep the gradient
             graph between products (memory of one training step for speed).
+        weight_of: ``weight_of(targets)`` -> the number of units the batch's mean loss averages
+            over, for a loss whose mean is neither over the examples (``targets.shape[0]``) nor
+            one samhess knows (:class:`~samhess.curvature.TokenCrossEntropy`,
+            ``nn.CrossEntropyLoss``); used only when ``data`` holds several batches.
 
     Example:
         >>> import torch
@@ -85,18 +95,21 @@ class HessianOperator(CurvatureOperator):
         eval_mode: bool = True,
         method: str = "double-backward",
         cache_graph: bool = True,
+        weight_of: Callable[[Any], Any] | None = None,
     ) -> None:
         self.method = check_choice("method", method, HVP_METHODS)
-        super().__init__(model, loss_fn, data, params, eval_mode=eval_mode, cache_graph=cache_graph)
+        super().__init__(
+            model, loss_fn, data, params, eval_mode=eval_mode, cache_graph=cache_graph, weight_of=weight_of
+        )
 
     def _batch_product(
-        self, inputs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor
+        self, inputs: Any, targets: Any, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.method == "forward-over-reverse":
             return self._forward_over_reverse(inputs, targets, rows)
         return super()._batch_product(inputs, targets, rows)
 
-    def _prepare(self, inputs: torch.Tensor, targets: torch.Tensor) -> _GradientGraph:
+    def _prepare(self, inputs: Any, targets: Any) -> _GradientGraph:
         leaves = self._leaves()
         loss = self.loss_fn(self._outputs(leaves, inputs), targets)
         gradient = torch.autograd.grad(
@@ -108,7 +121,7 @@ class HessianOperator(CurvatureOperator):
         return gradient_products(state.gradient, state.leaves, vector)
 
     def _forward_over_reverse(
-        self, inputs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor
+        self, inputs: Any, targets: Any, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         primals = tuple(p.detach() for p in self.params)
 
@@ -130,12 +143,14 @@ class HessianOperator(CurvatureOperator):
 
     def gradient(self) -> torch.Tensor:
         """The flat gradient :math:`\\nabla_w \\bar L(w)` of the mean loss over ``data``."""
-        def batch_gradient(inputs: torch.Tensor, targets: torch.Tensor):
+        def batch_gradient(inputs: Any, targets: Any):
             leaves = self._leaves()
             loss = self.loss_fn(self._outputs(leaves, inputs), targets)
             grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
             return flatten(grads), loss.detach()
 
-        (grad, loss), _ = mean_over_data(batch_gradient, self.data, device=self.device, dtype=self.dtype)
+        (grad, loss), _ = mean_over_data(
+            batch_gradient, self.data, device=self.device, dtype=self.dtype, weight=self._weight
+        )
         check_finite_loss(loss, "gradient")
         return grad

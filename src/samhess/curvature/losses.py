@@ -88,11 +88,17 @@ def sample_targets(
 
 
 def negative_log_likelihood(
-    outputs: torch.Tensor, targets: torch.Tensor, loss_kind: str
+    outputs: torch.Tensor, targets: torch.Tensor, loss_kind: str, counted: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The mean over rows of the plain loss of ``loss_kind`` (no weights, no label smoothing)."""
+    """The mean over rows of the plain loss of ``loss_kind`` (no weights, no label smoothing).
+
+    ``counted``, a boolean mask over the rows, restricts the mean to the rows it marks.
+    """
     if loss_kind == "cross_entropy":
-        return F.cross_entropy(as_rows(outputs, loss_kind), targets.reshape(-1))
+        rows, labels = as_rows(outputs, loss_kind), targets.reshape(-1)
+        if counted is not None:
+            rows, labels = rows[counted], labels[counted]
+        return F.cross_entropy(rows, labels)
     return F.mse_loss(outputs, targets)
 
 

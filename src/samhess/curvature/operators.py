@@ -6,7 +6,9 @@ vector (layout of :mod:`samhess.curvature.vectors`), averaged over the data
 ``A @ v`` for ``v`` of shape ``(dim,)`` and ``A @ V`` for ``V`` of shape ``(dim, k)``.
 
 The model is evaluated through :func:`torch.func.functional_call` on detached copies of its
-parameters, so products never touch ``.grad`` and never update BatchNorm running statistics.
+parameters, so products never touch ``.grad`` and never update BatchNorm running statistics,
+with scaled-dot-product attention on the math kernel (:mod:`samhess.curvature.attention`), so
+attention models can be differentiated twice.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from samhess.curvature.data import check_data, holds_single_batch, mean_over_data
+from samhess.curvature.attention import math_attention
+from samhess.curvature.batches import model_arguments, tensors_in
+from samhess.curvature.data import check_data, holds_single_batch, local_data, mean_over_data
+from samhess.curvature.units import weight_rule
 from samhess.curvature.vectors import flatten, trainable_parameters, unflatten
 from samhess.distributed.collectives import ShardedData
 
@@ -94,9 +99,12 @@ class CurvatureOperator:
     parameters, train/eval mode, data averaging, shapes, counting and the non-finite-loss check.
 
     Attributes:
-        model: the network.
+        model: the network, called as ``model(inputs)``, ``model(*inputs)`` or
+            ``model(**inputs)`` (:mod:`samhess.curvature.batches`).
         loss_fn: ``loss_fn(outputs, targets)``, the batch-mean loss.
         data: one ``(inputs, targets)`` batch or a re-iterable collection of batches.
+        weight_of: ``weight_of(targets)``, the units the loss averages over in a batch, or
+            ``None`` for the loss's own (:mod:`samhess.curvature.units`).
         params: the parameters, in the order of the flat layout.
         dim: :math:`\\sum_i` ``params[i].numel()``.
         dtype: the parameters' dtype (data is cast to it).
@@ -115,6 +123,7 @@ class CurvatureOperator:
         *,
         eval_mode: bool = True,
         cache_graph: bool = True,
+        weight_of: Callable[[Any], Any] | None = None,
     ) -> None:
         self.params = resolve_parameters(model, params)
         if not callable(loss_fn):
@@ -123,6 +132,8 @@ class CurvatureOperator:
         self.model = model
         self.loss_fn = loss_fn
         self.data = data
+        self.weight_of = weight_of
+        self._weight = weight_rule(loss_fn, weight_of)
         self.eval_mode = bool(eval_mode)
         self.cache_graph = bool(cache_graph)
         self.dim = sum(p.numel() for p in self.params)
@@ -180,6 +191,7 @@ class CurvatureOperator:
             self.data,
             device=self.device,
             dtype=self.dtype,
+            weight=self._weight,
         )
         # A kept graph's loss was checked when it was built, so a product on it skips the check
         # (a host-device synchronisation). A sharded mean also holds the other ranks' losses,
@@ -194,14 +206,14 @@ class CurvatureOperator:
         return products
 
     def _batch_product(
-        self, inputs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor
+        self, inputs: Any, targets: Any, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(products of the batch-mean curvature with rows, batch-mean loss)``."""
         state = self._state_for(inputs, targets)
         products = [flatten(self._apply(state, unflatten(row, self.params))) for row in rows]
         return torch.stack(products), state.loss
 
-    def _prepare(self, inputs: torch.Tensor, targets: torch.Tensor) -> Any:
+    def _prepare(self, inputs: Any, targets: Any) -> Any:
         """Build what products on this batch need (graphs, samples); has a ``loss`` attribute."""
         raise NotImplementedError
 
@@ -209,7 +221,7 @@ class CurvatureOperator:
         """The batch curvature applied to one vector given as tensors shaped like ``params``."""
         raise NotImplementedError
 
-    def _state_for(self, inputs: torch.Tensor, targets: torch.Tensor) -> Any:
+    def _state_for(self, inputs: Any, targets: Any) -> Any:
         """:meth:`_prepare`, kept between products when the data is a single batch.
 
         The cache is dropped when a parameter, buffer or the batch changes in place (their
@@ -229,7 +241,7 @@ class CurvatureOperator:
     def _version_key(self) -> tuple:
         # The batch as given, not its copy cast to ``dtype``: a fresh copy each product would
         # never match, and the original's version counter is the one in-place edits move.
-        batch = self.data.data if isinstance(self.data, ShardedData) else self.data
+        batch = tensors_in(local_data(self.data))
         mode = None if self.eval_mode else self.model.training
         return (mode, *((t._version, t.data_ptr()) for t in (*self._watched, *batch)))
 
@@ -238,11 +250,11 @@ class CurvatureOperator:
         """Detached copies of ``params`` (sharing storage) that autograd differentiates."""
         return [p.detach().requires_grad_(True) for p in self.params]
 
-    def _outputs(self, values: Sequence[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+    def _outputs(self, values: Sequence[torch.Tensor], inputs: Any) -> Any:
         """The model's outputs with ``params`` replaced by ``values``, in eval mode if ``eval_mode``.
 
-        Only here does the model run, so only here is its mode switched: a product on a kept
-        graph does not touch it.
+        Only here does the model run, so only here is its mode switched and its attention put
+        on the math kernel: a product on a kept graph does not touch either.
         """
         named = dict(self.model.named_parameters())
         tensors = {name: named[name].detach() for name in self._other_names}
@@ -250,8 +262,9 @@ class CurvatureOperator:
         if not self.eval_mode:
             # In train mode BatchNorm writes its running averages: give it copies to write to.
             tensors.update({name: b.clone() for name, b in self.model.named_buffers()})
-        with evaluation_mode(self.model, self.eval_mode):
-            return functional_call(self.model, tensors, (inputs,))
+        args, kwargs = model_arguments(inputs)
+        with evaluation_mode(self.model, self.eval_mode), math_attention():
+            return functional_call(self.model, tensors, args, kwargs)
 
     # ----------------------------------------------------------------------------- conversions
     def as_linear_operator(self):

@@ -184,23 +184,23 @@ class ShardedData:
 def sum_over_shards(
     data: Any,
     totals: list[torch.Tensor] | None,
-    count: int,
+    count: float,
     *,
     device: torch.device | str | None = None,
-) -> tuple[list[torch.Tensor] | None, int]:
-    r"""Add this rank's batch-size-weighted sums to every other rank's, when ``data`` is sharded.
+) -> tuple[list[torch.Tensor] | None, float]:
+    r"""Add this rank's weighted sums to every other rank's, when ``data`` is sharded.
 
     The one reduction :mod:`samhess.curvature` performs: having summed
-    :math:`\sum_b n_b q_b` over its own batches (``totals``) and counted its examples
-    (``count``), each rank gets the sums and the count over every shard, so that dividing gives
-    the mean over all the data. Two collectives: the counts (with the number of empty shards)
-    in int64, then the sums. Data that is not a :class:`ShardedData`, or a world of one, is
-    returned as it is.
+    :math:`\sum_b W_b q_b` over its own batches (``totals``) and their weights :math:`W_b`
+    (``count``: examples, or the tokens a loss counts), each rank gets the sums and the total
+    weight over every shard, so that dividing gives the mean over all the data. Two collectives:
+    the weights (with the number of empty shards) in float64, then the sums. Data that is not a
+    :class:`ShardedData`, or a world of one, is returned as it is.
 
     Args:
         data: the data the sums were taken over.
         totals: this rank's weighted sums (``None`` if it holds no example).
-        count: this rank's number of examples.
+        count: this rank's total weight.
         device: where the count travels (the sums' device; required by NCCL for CUDA).
 
     Returns:
@@ -214,9 +214,10 @@ def sum_over_shards(
         return totals, count
     if device is None:
         device = totals[0].device if totals else torch.device("cpu")
-    counts = torch.tensor([count, int(count == 0)], dtype=torch.int64, device=device)
+    counts = torch.tensor([count, float(count == 0)], dtype=torch.float64, device=device)
     dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=data.group)
-    total, empty = (int(value) for value in counts.tolist())
+    total, empty = counts.tolist()
+    empty = int(empty)
     if empty:
         raise ValueError(
             f"{empty} rank(s) hold no examples of the ShardedData; every rank needs at least one "
