@@ -17,14 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from samhess.curvature.attention import math_attention
+from samhess.curvature.batches import call_model, check_batch
 from samhess.curvature.operators import evaluation_mode, resolve_parameters
 from samhess.curvature.vectors import flatten, unflatten
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[Any, Any]
 
 
 __all__ = [
     "check_batch",
+    "as_data",
     "evaluation_mode",
     "resolve_parameters",
     "loss_and_gradient",
@@ -39,11 +42,10 @@ __all__ = [
 ]
 
 
-def check_batch(batch: object, name: str = "batch") -> Batch:
-    """Return ``batch`` as ``(inputs, targets)`` or raise a ``TypeError`` naming it."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(f"{name} must be an (inputs, targets) pair, got {type(batch).__name__}")
-    return batch[0], batch[1]
+def as_data(batch: Batch) -> list[Batch]:
+    """``batch`` as the operators' ``data``: a list of one batch, which reads as one batch whatever
+    its inputs and targets are (a pair of pairs alone would read as two batches)."""
+    return [batch]
 
 
 def loss_and_gradient(
@@ -51,11 +53,13 @@ def loss_and_gradient(
 ) -> tuple[float, torch.Tensor]:
     """:math:`L(w)` and the flat gradient :math:`\\nabla L(w)` of the mean batch loss.
 
-    Uses ``torch.autograd.grad``, so the parameters' ``.grad`` fields are left alone.
+    Uses ``torch.autograd.grad``, so the parameters' ``.grad`` fields are left alone. Attention
+    runs on the math kernel, as in the curvature operators, so gradients and Hessian-vector
+    products describe the same function.
     """
     inputs, targets = batch
-    with torch.enable_grad():
-        loss = loss_fn(model(inputs), targets)
+    with torch.enable_grad(), math_attention():
+        loss = loss_fn(call_model(model, inputs), targets)
         grads = torch.autograd.grad(loss, list(params), allow_unused=True, materialize_grads=True)
     return float(loss.detach()), flatten(grads)
 
@@ -241,7 +245,9 @@ def measure_step(
       present, as many SAM implementations do, would otherwise use none, or a stale one);
     * the step is taken through a closure (zero the gradients, forward, backward, return the
       loss), which plain torch optimizers call once and SAM-type optimizers twice or more;
-    * the closure enables autograd itself, so an optimizer may call it under ``torch.no_grad``.
+    * the closure enables autograd itself, so an optimizer may call it under ``torch.no_grad``;
+    * the model runs with attention on the math kernel, like every other evaluation of the
+      analysis, so that the step and the Hessian-vector products describe one function.
 
     The caller restores the state.
     """
@@ -252,7 +258,8 @@ def measure_step(
         with torch.enable_grad():
             for p in stepped:
                 p.grad = None
-            loss = loss_fn(model(inputs), targets)
+            with math_attention():
+                loss = loss_fn(call_model(model, inputs), targets)
             loss.backward()
         return loss
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from samhess._validation import check_choice, check_int_at_least
-from samhess.analysis._steps import evaluation_mode, resolve_parameters
+from samhess.analysis._steps import as_data, check_batch, evaluation_mode, resolve_parameters
 from samhess.analysis.results import DirectionalGains, SharpFlatGains
 from samhess.analysis.step_model import StepMeasurement, measure_steps
 from samhess.curvature import HessianOperator, dense_hessian, eigenpairs
@@ -168,7 +168,7 @@ def directional_gains(
 
     Args:
         model: the network at weights :math:`w`.
-        loss_fn: ``loss_fn(model(inputs), targets)`` -> mean batch loss.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean batch loss.
         batch: ``(inputs, targets)``.
         optimizer: any torch optimizer, :class:`~samhess.optim.SAM`, or
             :class:`~samhess.optim.IRE` over either.
@@ -246,7 +246,7 @@ def smallest_magnitude_eigenpairs(
             f"flat='smallest' forms the dense Hessian and allows at most max_dim={max_dim} "
             f"parameters, got {dim}; use flat='complement' or pass flat_directions"
         )
-    matrix = dense_hessian(model, loss_fn, batch, params, eval_mode=eval_mode)
+    matrix = dense_hessian(model, loss_fn, as_data(batch), params, eval_mode=eval_mode)
     values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
     order = torch.argsort(values.abs())[:k]
     return values[order], vectors[:, order]
@@ -304,13 +304,14 @@ def sharp_flat_gains(
     Returns:
         A :class:`~samhess.analysis.results.SharpFlatGains`.
     """
+    batch = check_batch(batch)
     k = check_int_at_least("k", k, 1)
     flat = check_choice("flat", flat, FLAT_KINDS)
     params = resolve_parameters(model, params)
     dim = sum(p.numel() for p in params)
     if sharp is None:
         with evaluation_mode(model, eval_mode):
-            operator = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+            operator = HessianOperator(model, loss_fn, as_data(batch), params=params, eval_mode=eval_mode)
             sharp = eigenpairs(operator, min(k, dim - 1), which="largest", seed=seed)
     vectors, eigenvalues = as_directions(sharp, dim, params[0], name="sharp")
     if eigenvalues is None:

@@ -30,13 +30,14 @@ from torch import nn
 
 from samhess._validation import check_choice, check_int_at_least, check_positive
 from samhess.analysis._steps import (
-    check_batch,
+    as_data,
     evaluation_mode,
     preserved_training_state,
     resolve_parameters,
 )
 from samhess.analysis.results import MinibatchDecomposition
 from samhess.curvature import HessianOperator, eigenpairs
+from samhess.curvature.batches import count_examples
 
 __all__ = ["minibatch_decomposition"]
 
@@ -57,6 +58,7 @@ def minibatch_decomposition(
     params: Sequence[torch.Tensor] | None = None,
     seed: int = 0,
     eval_mode: bool = True,
+    weight_of: Callable[[Any], Any] | None = None,
 ) -> MinibatchDecomposition:
     r"""SAM's extra term :math:`c H_B g_B` split into full-data, Hessian- and gradient-noise parts.
 
@@ -71,7 +73,7 @@ def minibatch_decomposition(
 
     Args:
         model: the network at weights :math:`w`.
-        loss_fn: ``loss_fn(model(inputs), targets)`` -> mean batch loss.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean batch loss.
         batch: the mini-batch :math:`B`, ``(inputs, targets)``.
         full_data: the data :math:`D`: one ``(inputs, targets)`` batch or a re-iterable
             collection of them (a ``DataLoader``), averaged as the curvature operators average.
@@ -81,19 +83,23 @@ def minibatch_decomposition(
         params: the parameters (default: the model's trainable parameters).
         seed: seeds the Lanczos start vectors.
         eval_mode: measure in eval mode.
+        weight_of: the units each batch of ``full_data`` averages over, for a loss samhess does
+            not know (:mod:`samhess.curvature.units`).
 
     Returns:
         A :class:`~samhess.analysis.results.MinibatchDecomposition`.
     """
-    batch = check_batch(batch)
+    batch_size = count_examples(batch)
     rho = check_positive("rho", rho)
     k = check_int_at_least("k", k, 1)
     mode = check_choice("mode", mode, ("sam", "usam"))
     params = resolve_parameters(model, params)
     with preserved_training_state(model, []), evaluation_mode(model, eval_mode):
-        h_batch = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+        h_batch = HessianOperator(model, loss_fn, as_data(batch), params=params, eval_mode=eval_mode)
         g_batch = h_batch.gradient()
-        h_full = HessianOperator(model, loss_fn, full_data, params=params, eval_mode=eval_mode)
+        h_full = HessianOperator(
+            model, loss_fn, full_data, params=params, eval_mode=eval_mode, weight_of=weight_of
+        )
         g_full = h_full.gradient()
         noise = g_batch - g_full
         products = h_batch @ torch.stack([g_batch, g_full], dim=1)
@@ -118,7 +124,7 @@ def minibatch_decomposition(
     return MinibatchDecomposition(
         rho=rho,
         mode=mode,
-        batch_size=int(batch[0].shape[0]),
+        batch_size=batch_size,
         grad_norm_batch=grad_norm_batch,
         grad_norm_full=float(g_full.norm()),
         noise_norm=float(noise.norm()),

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from samhess.analysis._steps import (
+    as_data,
     check_batch,
     describe_optimizer,
     evaluation_mode,
@@ -101,7 +102,7 @@ def measure_steps(
 
     Args:
         model: the network at weights :math:`w`.
-        loss_fn: ``loss_fn(model(inputs), targets)`` -> mean batch loss.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean batch loss.
         batch: ``(inputs, targets)``; the optimizer's closure runs on it.
         optimizer: any torch optimizer, :class:`~samhess.optim.SAM` (stepped through
             ``step(closure)``) or :class:`~samhess.optim.IRE` over any of them.
@@ -142,7 +143,7 @@ def measure_steps(
     # The outer snapshot also undoes what the forward passes outside the steps change (BatchNorm
     # statistics in train mode); the inner ones put the state back between the two steps.
     with preserved_training_state(model, roots), evaluation_mode(model, eval_mode):
-        hessian = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+        hessian = HessianOperator(model, loss_fn, as_data(batch), params=params, eval_mode=eval_mode)
         gradient = hessian.gradient()
         rates = learning_rates(optimizer, params)
         with preserved_training_state(model, roots):

@@ -42,6 +42,7 @@ from torch import nn
 
 from samhess._validation import check_int_at_least, check_positive
 from samhess.analysis._steps import (
+    as_data,
     check_batch,
     describe_optimizer,
     evaluation_mode,
@@ -207,7 +208,7 @@ def taylor_check(
 
     Args:
         model: the network, at the weights :math:`w` to expand around.
-        loss_fn: ``loss_fn(model(inputs), targets)`` -> mean loss over the batch.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean loss over the batch.
         batch: ``(inputs, targets)``.
         rhos: positive radii, e.g. ``numpy.logspace(-3, -1, 5)``.
         perturbation: ``None``, a sharpness-aware optimizer over ``params``, or a callable.
@@ -263,7 +264,7 @@ def taylor_check(
         if not bool(block.any()):
             raise ValueError(f"the perturbation of {description} is zero at every radius "
                              "(a zero gradient?)")
-        hessian = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+        hessian = HessianOperator(model, loss_fn, as_data(batch), params=params, eval_mode=eval_mode)
         hessian_block = hessian @ block
         g_h_g = float(g @ (hessian @ g))
 
@@ -350,7 +351,7 @@ def trace_identity_check(
     block_size = check_int_at_least("block_size", block_size, 1)
     params = resolve_parameters(model, params)
     with preserved_training_state(model, []), evaluation_mode(model, eval_mode):
-        hessian = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+        hessian = HessianOperator(model, loss_fn, as_data(batch), params=params, eval_mode=eval_mode)
         g = hessian.gradient()
         generator = torch.Generator(device=g.device).manual_seed(seed)
         forms = []

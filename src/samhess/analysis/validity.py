@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from samhess._validation import check_choice, check_int_at_least, check_positive
-from samhess.analysis._steps import check_batch, evaluation_mode, resolve_parameters
+from samhess.analysis._steps import as_data, evaluation_mode, resolve_parameters
 from samhess.analysis.gains import complement_gain, subspace_gain, subspace_share
 from samhess.analysis.results import ValidityMap, ValidityPoint, ValiditySummary
 from samhess.analysis.step_model import measure_steps
 from samhess.curvature import HessianOperator, eigenpairs
+from samhess.curvature.batches import count_examples, select_examples
 from samhess.optim import SAM
 
 __all__ = ["validity_map", "format_validity_table"]
@@ -62,7 +64,7 @@ def _check_batch_sizes(batch_sizes: Sequence[int | None], num_examples: int) -> 
 def validity_map(
     model: nn.Module,
     loss_fn: Callable,
-    data: tuple[torch.Tensor, torch.Tensor],
+    data: tuple[Any, Any],
     rhos: Sequence[float],
     batch_sizes: Sequence[int | None],
     *,
@@ -90,8 +92,10 @@ def validity_map(
 
     Args:
         model: the network at the weights to analyse.
-        loss_fn: ``loss_fn(model(inputs), targets)`` -> mean batch loss.
-        data: the full data set ``(inputs, targets)``.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean batch loss.
+        data: the full data set ``(inputs, targets)``, one batch of any kind
+            (:mod:`samhess.curvature.batches`) whose tensors all hold its examples along
+            dimension 0 (smaller batches are taken by indexing them).
         rhos: SAM radii.
         batch_sizes: batch sizes; ``None`` for the full batch.
         k: sharp eigenvectors per batch (>= 1).
@@ -104,8 +108,7 @@ def validity_map(
     Returns:
         A :class:`~samhess.analysis.results.ValidityMap`.
     """
-    inputs, targets = check_batch(data, "data")
-    num_examples = int(inputs.shape[0])
+    num_examples = count_examples(data, "data")
     radii = _check_radii(rhos)
     sizes = _check_batch_sizes(batch_sizes, num_examples)
     k = check_int_at_least("k", k, 1)
@@ -113,17 +116,13 @@ def validity_map(
     lr = check_positive("lr", lr)
     params = resolve_parameters(model, params)
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(num_examples, generator=generator).to(inputs.device)
+    order = torch.randperm(num_examples, generator=generator)
 
     result = ValidityMap(mode=mode, k=k, num_examples=num_examples, rhos=radii, batch_sizes=sizes)
     for size in sizes:
-        if size >= num_examples:
-            batch = (inputs, targets)
-        else:
-            chosen = order[:size]
-            batch = (inputs[chosen], targets[chosen])
+        batch = data if size >= num_examples else select_examples(data, order[:size], "data")
         with evaluation_mode(model, eval_mode):
-            operator = HessianOperator(model, loss_fn, batch, params=params, eval_mode=eval_mode)
+            operator = HessianOperator(model, loss_fn, as_data(batch), params=params, eval_mode=eval_mode)
             top = eigenpairs(operator, k, which="largest", seed=seed)
         vectors = top.eigenvectors.to(dtype=params[0].dtype)
         eigenvalues = top.eigenvalues.to(dtype=params[0].dtype)

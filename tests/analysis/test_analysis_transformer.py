@@ -1,0 +1,105 @@
+"""The seed analysis on a causal attention model with keyword inputs, an output object and padding.
+
+``taylor_check`` and ``sharp_flat_gains`` are compared number by number with the same
+quantities built from the dense float64 Hessian and gradient of ``token_models`` (math attention
+kernel, computed without samhess), and they leave the model and its optimizer bit-identical.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from token_models import (
+    loss_of_logits,
+    logits_function,
+    make_transformer,
+    reference_gradient,
+    reference_hessian,
+    token_batch,
+)
+
+from samhess.analysis import sharp_flat_gains, taylor_check
+from samhess.curvature import TokenCrossEntropy
+from samhess.optim import SAM
+
+RHO, LR, K = 0.02, 0.1, 2
+
+
+@pytest.fixture(scope="module")
+def problem():
+    model = make_transformer(seed=3)
+    batch = token_batch([6, 5, 3, 6], seed=5)
+    return model, batch, reference_gradient(model, batch), reference_hessian(model, batch)
+
+
+def test_taylor_check_equals_its_dense_quantities(problem):
+    model, batch, g, hessian = problem
+    rhos = [1e-3, 1e-2, 1e-1]
+    check = taylor_check(model, TokenCrossEntropy(), batch, rhos)
+    grad_norm = float(g.norm())
+    assert check.grad_norm == pytest.approx(grad_norm, rel=1e-12)
+    assert check.rayleigh_quotient == pytest.approx(float(g @ hessian @ g) / grad_norm**2, rel=1e-10)
+    logits_at, point = logits_function(model, batch[0])
+    for rho, correction, loss_e in zip(rhos, check.predicted_correction_norms, check.loss_at_perturbation):
+        e = rho * g / grad_norm
+        assert correction == pytest.approx(float((hessian @ e).norm()), rel=1e-10)
+        assert loss_e == pytest.approx(float(loss_of_logits(logits_at(point + e), batch[1])), rel=1e-12)
+    assert 0.8 < check.order < 1.2  # a smooth model: the remainder falls like rho
+
+
+def test_sharp_flat_gains_equal_their_dense_quantities(problem):
+    model, batch, g, hessian = problem
+    model = copy.deepcopy(model)
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=0.0)
+    before = [t.clone() for t in model.state_dict().values()]
+    gains = sharp_flat_gains(model, TokenCrossEntropy(), batch, sam, k=K)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+
+    values, vectors = torch.linalg.eigh(hessian)
+    torch.testing.assert_close(torch.tensor(gains.eigenvalues, dtype=torch.float64), values.flip(0)[:K], rtol=1e-8, atol=0)
+    sharp = vectors[:, -K:]
+    reference = -LR * g
+    predicted = -LR * (g + RHO / g.norm() * hessian @ g)
+
+    def subspace_gain(step, project):
+        return float(project(step) @ project(reference) / (project(reference) @ project(reference)))
+
+    on_sharp = lambda v: sharp.T @ v  # noqa: E731
+    off_sharp = lambda v: v - sharp @ (sharp.T @ v)  # noqa: E731
+    assert gains.predicted_sharp_gain == pytest.approx(subspace_gain(predicted, on_sharp), rel=1e-8)
+    assert gains.predicted_flat_gain == pytest.approx(subspace_gain(predicted, off_sharp), rel=1e-8)
+    # The real SAM step agrees with its first-order model at this radius.
+    assert gains.sharp_gain == pytest.approx(gains.predicted_sharp_gain, rel=0.02)
+
+    smallest = sharp_flat_gains(model, TokenCrossEntropy(), batch, sam, k=K, flat="smallest")
+    expected = values[values.abs().argsort()[:K]]
+    torch.testing.assert_close(torch.tensor(smallest.flat_eigenvalues, dtype=torch.float64), expected, rtol=0, atol=1e-10)
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = torch.nn.Linear(3, 4), torch.nn.Linear(2, 4)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.left(left)) * self.right(right)
+
+
+def test_an_analysis_batch_is_one_batch_even_when_inputs_and_targets_are_pairs():
+    """``((left, right), (labels, scale))`` is one batch to the analysis, not two."""
+    torch.manual_seed(6)
+    model = TwoInputs().double()
+    left, right = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    labels = torch.randint(0, 4, (8,))
+    scale = torch.tensor(0.5, dtype=torch.float64)
+
+    def loss_fn(outputs, targets):
+        return targets[1] * torch.nn.functional.cross_entropy(outputs, targets[0])
+
+    check = taylor_check(model, loss_fn, ((left, right), (labels, scale)), [1e-3, 1e-2])
+    model.zero_grad()
+    loss_fn(model(left, right), (labels, scale)).backward()
+    gradient = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert check.grad_norm == pytest.approx(float(gradient.norm()), rel=1e-12)
