@@ -159,27 +159,39 @@ def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) ->
     """Eigenvalues, trace, gradient norm and sharp/flat gains on the tracking batch.
 
     The gains are measured against the gradient step and, for IRE, also against its base
-    optimizer's step (the ``*_vs_base`` keys; ``None`` for optimizers without IRE).
+    optimizer's step (the ``*_vs_base`` keys; ``None`` for optimizers without IRE). With
+    ``optimizer=None`` the curvature is that of every trainable parameter and the gain keys are
+    ``None``.
     """
     from samhess.analysis import sharp_flat_gains
-    from samhess.curvature import HessianOperator, eigenpairs, trace
+    from samhess.curvature import HessianOperator, eigenpairs, trace, trainable_parameters
     from samhess.optim import IRE
 
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-    operator = HessianOperator(model, setup.loss_fn, setup.batch, params=params)
+    if optimizer is None:
+        params = trainable_parameters(model)
+    else:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    # A list of one batch is one batch whatever its inputs and targets are.
+    operator = HessianOperator(model, setup.loss_fn, [setup.batch], params=params)
     top = eigenpairs(operator, setup.top_k, which="largest", seed=setup.seed)
     estimate = trace(operator, setup.trace_matvecs, method="hutch++", seed=setup.seed)
-    gains = sharp_flat_gains(model, setup.loss_fn, setup.batch, optimizer, k=setup.top_k,
-                             params=params, sharp=top, seed=setup.seed)
+    gradient = operator.gradient()
+    if optimizer is None:
+        gains = None
+        grad_norm = float(gradient.norm())
+    else:
+        gains = sharp_flat_gains(model, setup.loss_fn, setup.batch, optimizer, k=setup.top_k,
+                                 params=params, sharp=top, seed=setup.seed)
+        grad_norm = float(gains.grad_norm)
     vs_base = None
     if isinstance(optimizer, IRE):
         vs_base = sharp_flat_gains(model, setup.loss_fn, setup.batch, optimizer, k=setup.top_k,
                                    reference=optimizer.optimizer, params=params, sharp=top,
                                    seed=setup.seed)
     eigenvalues = [float(v) for v in top.eigenvalues]
-    alignments, share, sign = gradient_alignment(operator.gradient(), top.eigenvectors)
+    alignments, share, sign = gradient_alignment(gradient, top.eigenvectors)
     return {
-        "grad_norm": float(gains.grad_norm),
+        "grad_norm": grad_norm,
         "lambda_max": eigenvalues[0],
         "eigenvalues": eigenvalues,
         "gradient_alignments": alignments,
@@ -187,9 +199,9 @@ def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) ->
         "top_eigenvector_sign": sign,
         "hessian_trace": float(estimate.estimate),
         "hessian_trace_stderr": float(estimate.stderr),
-        "sharp_gain": float(gains.sharp_gain),
-        "flat_gain": float(gains.flat_gain),
-        "gain_ratio": float(gains.ratio),
+        "sharp_gain": None if gains is None else float(gains.sharp_gain),
+        "flat_gain": None if gains is None else float(gains.flat_gain),
+        "gain_ratio": None if gains is None else float(gains.ratio),
         "sharp_gain_vs_base": None if vs_base is None else float(vs_base.sharp_gain),
         "flat_gain_vs_base": None if vs_base is None else float(vs_base.flat_gain),
         "gain_ratio_vs_base": None if vs_base is None else float(vs_base.ratio),
