@@ -39,7 +39,12 @@ from typing import Any
 import numpy as np
 
 from samhess.experiments import runfiles
-from samhess.experiments.optimizer_kinds import ClaimKind, optimizer_kind
+from samhess.experiments.optimizer_kinds import (
+    OPTIMIZER_KINDS,
+    ClaimKind,
+    OptimizerKind,
+    optimizer_kind,
+)
 from samhess.experiments.runfiles import (
     COMPARE_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TIMING_FILE, MetricsLog,
 )
@@ -64,8 +69,21 @@ SUMMARY_KEYS: dict[str, str] = {
 _MEDIAN_KEYS = ("gain_ratio", "gain_ratio_vs_base")
 
 
+#: ``config.json``'s ``source`` for a run tracked in the user's own loop by
+#: :class:`samhess.Tracker`: its optimizer is the user's, named by its wrapping chain
+#: (``IRE(SAM(SGD))``) and no registered kind, and what the loop does not say (seed, data set,
+#: batch size) is null. :func:`read_run` lets no other unregistered optimizer through.
+TRACKER_SOURCE = "samhess.Tracker"
+
+
+def _kind(name: str) -> OptimizerKind | None:
+    """The registered kind called ``name``; ``None`` for the optimizer of a Tracker run."""
+    return OPTIMIZER_KINDS.get(name)
+
+
 def _label(name: str) -> str:
-    return optimizer_kind(name).label
+    kind = _kind(name)
+    return name if kind is None else kind.label
 
 _COLUMNS = (
     ("final_train_loss", "final train loss", "{:.4f}"),
@@ -105,6 +123,8 @@ def read_run(directory: Path) -> RunFiles:
     config = runfiles.read_json(directory / CONFIG_FILE)
     if not isinstance(config, dict) or "optimizer" not in config:
         raise ValueError(f"{directory / CONFIG_FILE} is not a run configuration")
+    if config.get("source") != TRACKER_SOURCE:
+        optimizer_kind(config["optimizer"])  # an unknown name is an error, never a guess
     records = MetricsLog(directory / METRICS_FILE).records()
     if not records:
         raise ValueError(f"{directory / METRICS_FILE} holds no records; the run has not started")
@@ -395,7 +415,8 @@ def _png_bytes(figure) -> bytes:
 
 def _colour(name: str) -> str:
     """The kind's colour (:mod:`samhess.experiments.optimizer_kinds`), the same in every plot."""
-    return optimizer_kind(name).colour
+    kind = _kind(name)
+    return "#000000" if kind is None else kind.colour
 
 
 def _series(run: RunFiles, key: str) -> tuple[list[int], list[float]]:
@@ -619,15 +640,21 @@ def _markdown_table(rows: list[list[str]]) -> str:
 
 
 def _task_line(config: dict[str, Any]) -> str:
-    return (f"{config['dataset']} / {config['model']}, {config['steps']} steps of batch "
-            f"{config['batch_size']}, track every {config['track_every']}, top-{config['top_k']} "
-            f"eigenvalues, Hutch++ with {config['trace_matvecs']} matvecs, {config['dtype']}")
+    # A run tracked in the user's own loop (samhess.Tracker) leaves unknown values as null.
+    what = " / ".join(str(config[key]) for key in ("dataset", "model") if config.get(key) is not None)
+    batch = f" of batch {config['batch_size']}" if config.get("batch_size") is not None else ""
+    return (f"{what}, {config['steps']} steps{batch}, track every {config['track_every']}, "
+            f"top-{config['top_k']} eigenvalues, Hutch++ with {config['trace_matvecs']} matvecs, "
+            f"{config['dtype']}")
 
 
 def _hyperparameters(name: str, config: dict[str, Any]) -> str:
-    """The values of the hyperparameters the kind reads, in its order."""
+    """The values of the hyperparameters the kind reads, in its order (a Tracker run's
+    optimizer: the learning rate, momentum and weight decay its config holds)."""
+    kind = _kind(name)
+    keys = ("lr", "momentum", "weight_decay") if kind is None else kind.reads
     return ", ".join(f"{key.replace('_', ' ')} {config[key]:g}"
-                     for key in optimizer_kind(name).reads)
+                     for key in keys if config.get(key) is not None)
 
 
 _EXPLANATION = (
@@ -768,7 +795,9 @@ def _groups_of(directory: Path) -> tuple[str, dict[str, Any], dict[str, list[Run
         return "samhess comparison", first, groups, True
     if (directory / CONFIG_FILE).exists():
         run = read_run(directory)
-        title = f"samhess run: {_label(run.optimizer)} ({run.optimizer}), seed {run.seed}"
+        label = _label(run.optimizer)
+        title = f"samhess run: {label}" + ("" if label == run.optimizer else f" ({run.optimizer})")
+        title += "" if run.seed is None else f", seed {run.seed}"
         return title, run.config, {run.optimizer: [run]}, False
     raise ValueError(f"{directory} holds no run (config.json) or comparison (compare.json)")
 
