@@ -6,7 +6,21 @@ Layers, each importing only from those before it:
 * :mod:`samhess.curvature` -- Hessian, GGN and Fisher operators and the estimators on them;
 * :mod:`samhess.analysis` -- the seed note's claims turned into measurements;
 * :mod:`samhess.experiments` -- data sets, models, the tracked training loop and reports;
+* :class:`samhess.Tracker` (:mod:`samhess.tracker`) -- the same tracking in your own loop;
 * :mod:`samhess.cli` -- the ``samhess`` command.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The tracker stands on the experiments layer; importing it only when it is asked for keeps
+    # ``import samhess.curvature`` (and every lower layer) free of that layer.
+    if name == "Tracker":
+        from samhess.tracker import Tracker
+
+        return Tracker
+    raise AttributeError(f"module 'samhess' has no attribute {name!r}")
+
+
+__all__ = ["Tracker", "__version__"]
