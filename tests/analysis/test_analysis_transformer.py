@@ -20,7 +20,7 @@ from token_models import (
     token_batch,
 )
 
-from samhess.analysis import sharp_flat_gains, taylor_check
+from samhess.analysis import sharp_flat_gains, taylor_check, validity_map
 from samhess.curvature import TokenCrossEntropy
 from samhess.optim import SAM
 
@@ -103,3 +103,29 @@ def test_an_analysis_batch_is_one_batch_even_when_inputs_and_targets_are_pairs()
     loss_fn(model(left, right), (labels, scale)).backward()
     gradient = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     assert check.grad_norm == pytest.approx(float(gradient.norm()), rel=1e-12)
+
+
+def test_analysis_refuses_a_wrong_batch_before_touching_anything(problem):
+    model, batch, _, _ = problem
+    model = copy.deepcopy(model)
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
+    before = [t.clone() for t in model.state_dict().values()]
+    collated = {**batch[0], "labels": batch[1]}
+    with pytest.raises(TypeError, match=r"batch must be an \(inputs, targets\) pair, got a dict with keys \['input_ids'"):
+        sharp_flat_gains(model, TokenCrossEntropy(), collated, sam, k=K)
+    with pytest.raises(TypeError, match=r"the inputs of batch must be a tensor .* got a str"):
+        taylor_check(model, TokenCrossEntropy(), ("input_ids", batch[1]), [1e-2])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+    assert not sam.state
+
+
+def test_validity_map_takes_sub_batches_of_keyword_batches(problem):
+    """The sub-batch of 2 sequences is the one its seeded permutation picks: same lambda_max."""
+    model, batch, _, _ = problem
+    result = validity_map(model, TokenCrossEntropy(), batch, rhos=[0.01], batch_sizes=[2, None], k=1, seed=3)
+    chosen = torch.randperm(4, generator=torch.Generator().manual_seed(3))[:2]
+    sub_batch = ({key: value[chosen] for key, value in batch[0].items()}, batch[1][chosen])
+    by_size = {summary.batch_size: summary.lambda_max for summary in result.summaries}
+    dense = torch.linalg.eigvalsh(reference_hessian(model, sub_batch))[-1]
+    assert by_size[2] == pytest.approx(float(dense), rel=1e-8)
+    assert by_size[4] == pytest.approx(float(torch.linalg.eigvalsh(problem[3])[-1]), rel=1e-8)
