@@ -1,4 +1,4 @@
-"""What a run records every ``track_every`` steps: losses, accuracies, curvature and gains.
+r"""What a run records every ``track_every`` steps: losses, accuracies, curvature and gains.
 
 Each record is measured without disturbing training: the model's mode, every random number
 generator (torch, numpy, Python) and, through ``directional_gains``, the parameters and the
