@@ -7,6 +7,10 @@ Layers, each importing only from those before it:
 * :mod:`samhess.analysis` -- the seed note's claims turned into measurements;
 * :mod:`samhess.experiments` -- data sets, models, the tracked training loop and reports;
 * :mod:`samhess.cli` -- the ``samhess`` command.
+
+:mod:`samhess.integrations` sits beside them, on :mod:`samhess.optim`: Lightning and the Hugging
+Face ``Trainer``, each imported only with its own module.
 """
 
+# The package's only version number: pyproject.toml reads it (tool.setuptools.dynamic).
 __version__ = "0.1.0"
