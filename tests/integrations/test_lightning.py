@@ -11,6 +11,11 @@ hook counts must be those of one step per batch window.
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -192,11 +197,12 @@ def logged_losses(logger: RecordingLogger) -> tuple[list[int], list[torch.Tensor
                    for _, metrics in logger.records if "loss" in metrics]
 
 
-@pytest.mark.parametrize("manual", [False, True], ids=["automatic", "manual"])
-@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+# IRE over SGD is a one-pass optimizer: manual code steps it as any other, with opt.step()
+@pytest.mark.parametrize(
+    "optimizer,manual",
+    [(name, False) for name in OPTIMIZERS] + [(name, True) for name in OPTIMIZERS if name != "ire"],
+)
 def test_float64_training_equals_the_two_step_loop_exactly(optimizer, manual):
-    if manual and optimizer == "ire":
-        pytest.skip("IRE over SGD is a one-pass optimizer: manual code steps it as any other")
     data = dataset(torch.float64, BATCH * STEPS)
     module = Classifier(optimizer, torch.float64, manual=manual)
     trainer, logger = fit(module, data, precision="64-true")
@@ -337,3 +343,34 @@ def test_the_mixin_needs_a_lightning_module():
 
     with pytest.raises(TypeError, match=r"NotAModule is not one"):
         NotAModule()._check_sharpness_aware_setup()
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16-true", torch.bfloat16),
+                                             ("16-true", torch.float16)])
+def test_half_precision_weights_equal_the_two_step_loop_in_that_dtype(precision, dtype):
+    data = dataset(torch.float32, BATCH * STEPS)
+    module = Classifier("sam", torch.float32)
+    fit(module, data, precision=precision)
+    halved = TensorDataset(data.tensors[0].to(dtype), data.tensors[1])
+    model, _ = reference("sam", dtype, halved)
+    assert_same_state(module, model, atol=0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_with_accumulation_equals_the_single_process_large_batch_step(tmp_path):
+    """Two ranks under torchrun, ``strategy="ddp"``, ``accumulate_grad_batches=2`` (the replay
+    of the first micro-batch runs without gradient sync); see ``lightning_ddp_worker.py``."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    worker = Path(__file__).with_name("lightning_ddp_worker.py")
+    out = tmp_path / "result.json"
+    completed = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node=2", str(worker), str(out)],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+        text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-6000:]
+    result = json.loads(out.read_text())
+    assert result["global_step"] == 3
+    assert result["max_difference"] < 1e-12
+

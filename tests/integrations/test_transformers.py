@@ -28,13 +28,13 @@ BATCH, ACCUMULATE, STEPS, LENGTH = 4, 2, 3, 5
 class Tagger(nn.Module):
     """Per-token classifier; ``forward(x, labels)`` returns the loss like a transformers model."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         torch.manual_seed(3)
         self.hidden = nn.Linear(4, 8)
         self.norm = nn.BatchNorm1d(8)
         self.out = nn.Linear(8, 3)
-        self.double()
+        self.to(dtype)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(self.hidden(x).flatten(0, 1))
@@ -59,13 +59,13 @@ class TokenCountTagger(Tagger):
         return {"loss": losses.sum() / num_items_in_batch}
 
 
-def examples(count: int) -> list[dict[str, torch.Tensor]]:
+def examples(count: int, dtype: torch.dtype = torch.float64) -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(5)
     rows = []
     for index in range(count):
         labels = torch.randint(0, 3, (LENGTH,), generator=generator)
         labels[LENGTH - 1 - index % 3:] = -100  # uneven padding: micro-batches count differently
-        rows.append({"x": torch.randn(LENGTH, 4, generator=generator, dtype=torch.float64),
+        rows.append({"x": torch.randn(LENGTH, 4, generator=generator, dtype=dtype),
                      "labels": labels})
     return rows
 
@@ -92,26 +92,28 @@ def diagonal(model, inputs):
     return [p.detach().abs() + inputs["x"].abs().mean() for p in model.parameters()]
 
 
-def train(model_class, optimizer, tmp_path, max_grad_norm):
-    model = model_class()
+def train(model_class, optimizer, tmp_path, max_grad_norm, dtype=torch.float64, bf16=False):
+    model = model_class(dtype)
     args = transformers.TrainingArguments(
+        bf16=bf16,
         output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=BATCH,
         gradient_accumulation_steps=ACCUMULATE, max_grad_norm=max_grad_norm,
         lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
     )
-    trainer = InOrderTrainer(model=model, args=args, train_dataset=examples(BATCH * ACCUMULATE * STEPS),
+    trainer = InOrderTrainer(model=model, args=args,
+                             train_dataset=examples(BATCH * ACCUMULATE * STEPS, dtype),
                              optimizers=(OPTIMIZERS[optimizer](model.parameters()), None),
                              curvature_diagonal=diagonal)
     trainer.train()
     return model, trainer
 
 
-def reference(model_class, optimizer, max_grad_norm):
-    model = model_class()
+def reference(model_class, optimizer, max_grad_norm, dtype=torch.float64, autocast=None):
+    model = model_class(dtype)
     opt = OPTIMIZERS[optimizer](model.parameters())
     two_pass = isinstance(opt.optimizer if isinstance(opt, IRE) else opt, SAM)
-    rows = examples(BATCH * ACCUMULATE * STEPS)
+    rows = examples(BATCH * ACCUMULATE * STEPS, dtype)
     batches = [{key: torch.stack([row[key] for row in rows[i:i + BATCH]]) for key in rows[0]}
                for i in range(0, len(rows), BATCH)]
     losses = []
@@ -124,7 +126,8 @@ def reference(model_class, optimizer, max_grad_norm):
         def accumulate():
             total = 0.0
             for batch in window:
-                token_losses = model.token_losses(batch["x"], batch["labels"])
+                with autocast() if autocast else torch.autocast("cpu", enabled=False):
+                    token_losses = model.token_losses(batch["x"], batch["labels"])
                 if model_class is TokenCountTagger:
                     loss = token_losses.sum() / tokens
                 else:
@@ -167,6 +170,16 @@ def test_trainer_equals_the_large_batch_two_step_loop(model_class, optimizer, ma
     assert trainer.state.global_step == STEPS
     logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert logged == pytest.approx(losses, rel=1e-6)  # the Trainer sums losses in float32
+
+
+def test_bfloat16_training_agrees_with_the_autocast_loop(tmp_path):
+    ours, _ = train(TokenCountTagger, "sam", tmp_path, 0.0, dtype=torch.float32, bf16=True)
+    theirs, _ = reference(TokenCountTagger, "sam", 0.0, dtype=torch.float32,
+                          autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0.0, atol=1e-6, msg=name)
+    untouched = TokenCountTagger(torch.float32)
+    assert not torch.equal(ours.hidden.weight, untouched.hidden.weight)
 
 
 def test_the_micro_batch_perturbation_would_differ():
