@@ -20,7 +20,10 @@ FORBIDDEN = {
     "samhess.curvature": ("samhess.optim", "samhess.analysis", "samhess.experiments",
                           "samhess.cli"),
     "samhess.analysis": ("samhess.experiments", "samhess.cli"),
-    "samhess.experiments": ("samhess.cli",),
+    "samhess.experiments": ("samhess.cli", "samhess.integrations"),
+    # beside the layers, on samhess.optim; nothing but the user imports it
+    "samhess.integrations": ("samhess.curvature", "samhess.analysis", "samhess.experiments",
+                             "samhess.cli"),
 }
 
 

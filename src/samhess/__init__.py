@@ -8,8 +8,12 @@ Layers, each importing only from those before it:
 * :mod:`samhess.experiments` -- data sets, models, the tracked training loop and reports;
 * :class:`samhess.Tracker` (:mod:`samhess.tracker`) -- the same tracking in your own loop;
 * :mod:`samhess.cli` -- the ``samhess`` command.
+
+:mod:`samhess.integrations` sits beside them, on :mod:`samhess.optim`: Lightning and the Hugging
+Face ``Trainer``, each imported only with its own module.
 """
 
+# The package's only version number: pyproject.toml reads it (tool.setuptools.dynamic).
 __version__ = "0.1.0"
 
 

@@ -138,7 +138,9 @@ class IRE(Optimizer):
         self.ema = ema
         self.per_tensor = check_bool("per_tensor", per_tensor)
         self.kappa_follows_lr = check_bool("kappa_follows_lr", kappa_follows_lr)
-        super().__init__(optimizer.param_groups, {})
+        # The inner optimizer's defaults, shared: schedulers that cycle momentum read them, and
+        # add_param_group fills new groups from them.
+        super().__init__(optimizer.param_groups, optimizer.defaults)
         self.param_groups = optimizer.param_groups
         self.optimizer = optimizer
         self.step_count = 0
@@ -303,6 +305,35 @@ class IRE(Optimizer):
                 amplification.snapshots.append(snapshot)
                 amplification.weights.append(weight)
             self._groups.append(amplification)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the wrapped optimizer, which fills and validates it from its defaults.
+
+        The new parameters have no curvature estimate yet, so the mask and the estimate are
+        discarded: :meth:`needs_refresh` is ``True`` (from ``start_step`` on) and the next
+        amplified step needs an :meth:`update_mask` over all parameters.
+
+        Raises:
+            RuntimeError: between ``first_step`` and ``second_step``.
+        """
+        if "optimizer" not in self.__dict__:
+            # Optimizer.__init__ registering the inner optimizer's own groups
+            super().add_param_group(param_group)
+            return
+        if self._pending:
+            raise RuntimeError("add_param_group() between first_step() and second_step()")
+        self.optimizer.add_param_group(param_group)
+        self.param_groups = self.optimizer.param_groups
+        group = self.param_groups[-1]
+        initial_lr = float(group.get("initial_lr", group["lr"]))
+        if self.kappa_follows_lr and initial_lr == 0.0:
+            self.param_groups.pop()
+            raise ValueError(
+                "kappa_follows_lr needs a nonzero initial learning rate, got "
+                f"lr = {initial_lr!r} for the new parameter group"
+            )
+        self._initial_lrs.append(initial_lr)
+        self._mask, self._estimate, self._groups = None, None, []
 
     # -- stepping -------------------------------------------------------------------------------
 

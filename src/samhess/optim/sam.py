@@ -68,6 +68,41 @@ def _global_norm(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
     return norm, norm.item()
 
 
+def _check_base_optimizer(base_optimizer: object) -> str:
+    """Refuse what cannot build a base optimizer; return the name that error messages use.
+
+    Keyword arguments that SAM's own group keys would override are refused where the signature
+    can be read (a class, a ``functools.partial``, a Python function).
+    """
+    if isinstance(base_optimizer, Optimizer):
+        raise TypeError(
+            "base_optimizer must build an optimizer (a class such as torch.optim.SGD, a "
+            "functools.partial or a factory), not be one; got an instance of "
+            f"{type(base_optimizer).__name__}"
+        )
+    if not callable(base_optimizer):
+        raise TypeError(
+            "base_optimizer must be a callable that builds a torch.optim.Optimizer, such as "
+            f"torch.optim.SGD, got {base_optimizer!r}"
+        )
+    name = getattr(base_optimizer, "__name__", None) or repr(base_optimizer)
+    if isinstance(base_optimizer, type) and not issubclass(base_optimizer, Optimizer):
+        raise TypeError(
+            f"base_optimizer {name} is a class but not a torch.optim.Optimizer subclass"
+        )
+    try:
+        accepted = set(inspect.signature(base_optimizer).parameters)
+    except (TypeError, ValueError):  # builtins and some C extensions have no readable signature
+        accepted = set()
+    shadowed = _SAM_GROUP_KEYS & accepted
+    if shadowed:
+        raise ValueError(
+            f"base_optimizer {name} has its own {sorted(shadowed)} argument, which SAM's "
+            "param-group key of the same name would override"
+        )
+    return name
+
+
 class SAM(Optimizer):
     r"""Sharpness-Aware Minimization over any torch optimizer.
 
@@ -116,8 +151,10 @@ class SAM(Optimizer):
 
     Args:
         params: parameters or parameter-group dicts, as for any torch optimizer.
-        base_optimizer: a torch optimizer *class* (``torch.optim.SGD``, ``torch.optim.AdamW``,
-            ...), built over the same parameter groups.
+        base_optimizer: anything that builds a torch optimizer from parameter groups and keyword
+            arguments: an optimizer *class* (``torch.optim.SGD``, ``torch.optim.AdamW``, ...), a
+            ``functools.partial`` of one (what ``timm.optim.get_optimizer_class`` returns) or a
+            factory function. It is called once, as ``base_optimizer(param_groups, **base_kwargs)``.
         rho: neighbourhood radius (>= 0). For USAM it multiplies the raw gradient, so its scale
             differs from SAM's.
         adaptive: use ASAM's elementwise scaling :math:`T = \operatorname{diag}(|w|)`.
@@ -135,28 +172,13 @@ class SAM(Optimizer):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: type[Optimizer],
+        base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         adaptive: bool = False,
         normalize: bool = True,
         **base_kwargs: Any,
     ) -> None:
-        if isinstance(base_optimizer, Optimizer):
-            raise TypeError(
-                "base_optimizer must be a torch.optim.Optimizer class such as torch.optim.SGD, "
-                f"not an instance; got an instance of {type(base_optimizer).__name__}"
-            )
-        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
-            raise TypeError(
-                "base_optimizer must be a torch.optim.Optimizer class such as torch.optim.SGD, "
-                f"got {base_optimizer!r}"
-            )
-        shadowed = _SAM_GROUP_KEYS & set(inspect.signature(base_optimizer.__init__).parameters)
-        if shadowed:
-            raise ValueError(
-                f"base_optimizer {base_optimizer.__name__} has its own {sorted(shadowed)} "
-                "argument, which SAM's param-group key of the same name would override"
-            )
+        name = _check_base_optimizer(base_optimizer)
         rho = check_nonnegative("rho", rho)
         defaults = dict(
             rho=rho,
@@ -165,7 +187,20 @@ class SAM(Optimizer):
             **base_kwargs,
         )
         super().__init__(params, defaults)
-        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        built = base_optimizer(self.param_groups, **base_kwargs)
+        if not isinstance(built, Optimizer):
+            raise TypeError(
+                f"base_optimizer {name} must build a torch.optim.Optimizer, "
+                f"got {type(built).__name__}"
+            )
+        own = [p for group in self.param_groups for p in group["params"]]
+        theirs = [p for group in built.param_groups for p in group["params"]]
+        if len(own) != len(theirs) or any(a is not b for a, b in zip(own, theirs)):
+            raise ValueError(
+                f"base_optimizer {name} built an optimizer over other parameters than the "
+                f"{len(own)} it was given; it must build over the parameter groups it receives"
+            )
+        self.base_optimizer = built
         # One list of group dicts for both: schedulers and add_param_group act on both at once.
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(
@@ -371,7 +406,7 @@ class USAM(SAM):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: type[Optimizer],
+        base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         adaptive: bool = False,
         **base_kwargs: Any,
@@ -392,7 +427,7 @@ class ASAM(SAM):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: type[Optimizer],
+        base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         normalize: bool = True,
         **base_kwargs: Any,
