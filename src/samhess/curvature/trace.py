@@ -74,8 +74,25 @@ def trace(H: Any, num_matvecs: int, method: str = "hutch++", seed: int = 0) -> T
               + \\omega_i^\\top (I - Q_{(i)}Q_{(i)}^\\top) H (I - Q_{(i)}Q_{(i)}^\\top) \\omega_i,
           \\quad Q_{(i)} = \\operatorname{orth}(H \\Omega_{-i}),
 
-      computed from :math:`H\\Omega` and :math:`HQ` only; its standard error comes from the spread
-      of the :math:`t_i`.
+      computed from :math:`H\\Omega` and :math:`HQ` only. The :math:`t_i` are exchangeable but not
+      independent (each sees every other probe through :math:`Q_{(i)}`), so their spread alone,
+      :math:`s/\\sqrt n` (the error estimate of Epperly et al.), reads short: 0.79 to 0.95 of the
+      actual error on the test networks' Hessians at 20 to 100 products. In Hoeffding's decomposition (Ann. Math. Stat. 1948),
+      :math:`t_i = \\operatorname{tr} H + a(\\omega_i) + \\sum_{j \\ne i} g(\\omega_i; \\omega_j) + \\dots`
+      with degenerate :math:`g`, and
+
+      .. math::
+
+          \\operatorname{Var}\\Big(\\frac1n \\sum_i t_i\\Big)
+              = \\frac{\\mathbb E\\, s^2}{n} + \\operatorname{Cov}\\big(g(\\omega_i; \\omega_j),
+                g(\\omega_j; \\omega_i)\\big);
+
+      the covariance is estimated by the mean over :math:`i \\ne j` of
+      :math:`\\Delta_{ij}\\Delta_{ji}`, :math:`\\Delta_{ij} = t_i - t_i^{(-j)}`, where the leave-two-out
+      :math:`t_i^{(-j)}` takes :math:`Q` from :math:`H\\Omega` without columns :math:`i` and
+      :math:`j` (from the same products), and floored at 0. When :math:`H\\Omega` is numerically
+      rank-deficient (the operator's rank is below :math:`n`) every :math:`t_i` is exact up to
+      rounding and the spread alone is reported.
 
     Args:
         H: a curvature operator or a square tensor.
@@ -133,45 +150,119 @@ def _xtrace(H: Any, count: int, generator: torch.Generator) -> TraceEstimate:
     images = H @ probes
     basis, triangle = torch.linalg.qr(images)
     projected = basis.T @ (H @ basis)
-    projected = (projected + projected.T) / 2
-    # Coordinates in `basis`: of the probes (W) and of their images (R = Q^T H Omega).
-    probe_coords = basis.T @ probes
-    quadratic = (probes * images).sum(dim=0)
-    projectors = _leave_one_out_projectors(triangle)
-    samples = torch.empty(count, dtype=H.dtype, device=H.device)
-    for i in range(count):
-        kept = projectors[i]
-        c = kept @ probe_coords[:, i]
-        samples[i] = (
-            torch.sum(kept * projected)
-            + quadratic[i]
-            - 2 * triangle[:, i] @ c
-            + c @ projected @ c
-        )
-    estimate, stderr = _mean_and_stderr(samples)
+    sketch = _Sketch(
+        triangle=triangle,
+        projected=(projected + projected.T) / 2,
+        probe_coords=basis.T @ probes,
+        quadratic=(probes * images).sum(dim=0),
+    )
+    dropped = _dropped_directions(triangle)
+    if dropped is None:
+        samples = sketch.leave_one_out_by_svd()
+        estimate, stderr = _mean_and_stderr(samples)
+        return TraceEstimate(estimate, stderr, 2 * count, "xtrace")
+    samples, pair_samples = sketch.leave_out(dropped)
+    estimate, spread = _mean_and_stderr(samples)
+    differences = samples[:, None] - pair_samples
+    others = ~torch.eye(count, dtype=torch.bool, device=samples.device)
+    covariance = float((differences * differences.T)[others].mean()) if count > 1 else math.nan
+    stderr = math.sqrt(spread**2 + max(covariance, 0.0)) if count > 1 else math.nan
     return TraceEstimate(estimate, stderr, 2 * count, "xtrace")
 
 
-def _leave_one_out_projectors(triangle: torch.Tensor) -> torch.Tensor:
-    """Projectors :math:`\\Pi_i` onto the range of ``triangle`` without column ``i``, ``(n, n, n)``.
+def _singular_values_and_rank_tolerance(triangle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    singular = torch.linalg.svdvals(triangle)
+    return singular, singular.max() * triangle.shape[0] * torch.finfo(triangle.dtype).eps
 
-    When ``triangle`` (:math:`R` of :math:`H\\Omega = QR`) is well conditioned, dropping column
-    :math:`i` removes exactly the direction :math:`s_i \\propto R^{-\\top} e_i` (orthogonal to every
-    other column), so :math:`\\Pi_i = I - s_i s_i^\\top`. A numerically rank-deficient :math:`R`
-    (a low-rank operator) takes the range of the remaining columns from an SVD instead.
+
+def _dropped_directions(triangle: torch.Tensor) -> torch.Tensor | None:
+    """Unit columns :math:`s_k \\propto R^{-\\top} e_k`, or ``None`` for a rank-deficient :math:`R`.
+
+    :math:`s_k` is orthogonal to every column of :math:`R` but the :math:`k`-th, so dropping
+    columns :math:`K` of a well-conditioned :math:`R` (:math:`H\\Omega = QR`) removes exactly the span
+    of :math:`\\{s_k\\}_{k \\in K}` from its range.
     """
+    singular, rank_tol = _singular_values_and_rank_tolerance(triangle)
+    if not bool(singular.min() > 1e3 * rank_tol):
+        return None
     count = triangle.shape[0]
     identity = torch.eye(count, dtype=triangle.dtype, device=triangle.device)
-    singular = torch.linalg.svdvals(triangle)
-    rank_tol = singular.max() * count * torch.finfo(triangle.dtype).eps
-    if count == 1 or bool(singular.min() > 1e3 * rank_tol):
-        directions = torch.linalg.solve_triangular(triangle.T, identity, upper=False)
-        directions = directions / torch.linalg.vector_norm(directions, dim=0, keepdim=True)
-        return identity - directions.T.unsqueeze(2) * directions.T.unsqueeze(1)
-    projectors = torch.empty(count, count, count, dtype=triangle.dtype, device=triangle.device)
-    for i in range(count):
-        others = torch.cat([triangle[:, :i], triangle[:, i + 1 :]], dim=1)
-        left, values, _ = torch.linalg.svd(others, full_matrices=False)
-        span = left[:, values > rank_tol]
-        projectors[i] = span @ span.T
-    return projectors
+    directions = torch.linalg.solve_triangular(triangle.T, identity, upper=False)
+    return directions / torch.linalg.vector_norm(directions, dim=0, keepdim=True)
+
+
+@dataclass
+class _Sketch:
+    r"""XTrace's products in the coordinates of :math:`Q` (:math:`H\Omega = QR`).
+
+    For a projector :math:`\Pi` onto a subspace of :math:`\operatorname{range} R` (in these
+    coordinates) the estimate from probe :math:`i` is
+
+    .. math::
+
+        t_i(\Pi) = \operatorname{tr}(\Pi A) + \omega_i^\top H \omega_i - 2 r_i^\top \Pi w_i
+            + w_i^\top \Pi A \Pi w_i,
+
+    :math:`A = Q^\top H Q`, :math:`r_i = Q^\top H\omega_i` (column :math:`i` of :math:`R`),
+    :math:`w_i = Q^\top \omega_i`.
+    """
+
+    triangle: torch.Tensor
+    projected: torch.Tensor
+    probe_coords: torch.Tensor
+    quadratic: torch.Tensor
+
+    def leave_out(self, dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:math:`t_i` with :math:`\\Pi = I - U`, :math:`U` the projector onto the dropped
+        directions: one (``samples[i]``, leave :math:`i` out) or two (``pairs[i, j]``, leave
+        :math:`i` and :math:`j` out), each from 1x1 or 2x2 Gram algebra on the directions."""
+        a, w, r = self.projected, self.probe_coords, self.triangle
+        full = (
+            torch.trace(a) + self.quadratic - 2 * (r * w).sum(dim=0) + (w * (a @ w)).sum(dim=0)
+        )
+        gram = dropped.T @ dropped
+        curvature = dropped.T @ a @ dropped
+        on_probes = dropped.T @ w
+        curved_probes = dropped.T @ (a @ w)
+        on_images = torch.diagonal(dropped.T @ r)  # s_k^T r_i vanishes for k != i
+        g, c = torch.diagonal(gram), torch.diagonal(curvature)
+        b, d = torch.diagonal(on_probes), torch.diagonal(curved_probes)
+        samples = full - c / g + 2 * on_images * b / g - 2 * b * d / g + b.square() * c / g.square()
+
+        # Pair (i, j): U = [s_i s_j] K [s_i s_j]^T with K the inverse 2x2 Gram matrix.
+        g11, g22, g12 = g[:, None], g[None, :], gram
+        c11, c22, c12 = c[:, None], c[None, :], curvature
+        b1, b2 = b[:, None], on_probes.T
+        d1, d2 = d[:, None], curved_probes.T
+        determinant = g11 * g22 - g12.square()
+        determinant.diagonal().fill_(1.0)  # i == j is no pair; keeps the diagonal finite
+        kb1 = (g22 * b1 - g12 * b2) / determinant
+        kb2 = (g11 * b2 - g12 * b1) / determinant
+        pairs = (
+            full[:, None]
+            - (g22 * c11 - 2 * g12 * c12 + g11 * c22) / determinant
+            + 2 * on_images[:, None] * kb1
+            - 2 * (kb1 * d1 + kb2 * d2)
+            + kb1.square() * c11 + 2 * kb1 * kb2 * c12 + kb2.square() * c22
+        )
+        return samples, pairs
+
+    def leave_one_out_by_svd(self) -> torch.Tensor:
+        """:math:`t_i` with :math:`\\Pi_i` the projector onto the range of :math:`R` without
+        column :math:`i`, from an SVD (for a rank-deficient :math:`R`)."""
+        count = self.triangle.shape[0]
+        _, rank_tol = _singular_values_and_rank_tolerance(self.triangle)
+        samples = torch.empty(count, dtype=self.triangle.dtype, device=self.triangle.device)
+        for i in range(count):
+            others = torch.cat([self.triangle[:, :i], self.triangle[:, i + 1 :]], dim=1)
+            left, values, _ = torch.linalg.svd(others, full_matrices=False)
+            span = left[:, values > rank_tol]
+            kept = span @ span.T
+            c = kept @ self.probe_coords[:, i]
+            samples[i] = (
+                torch.sum(kept * self.projected)
+                + self.quadratic[i]
+                - 2 * self.triangle[:, i] @ c
+                + c @ self.projected @ c
+            )
+        return samples
