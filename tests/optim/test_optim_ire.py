@@ -146,6 +146,39 @@ def test_refresh_schedule_and_ema(make_quadratic):
     assert int(chosen.sum()) == 3 and flat[chosen].max() < flat[~chosen].min()
 
 
+def test_ema_from_zero_matches_the_official_recurrence(make_quadratic):
+    """Averaging from zero, d_hat = (1 - ema) sum_s ema^(t - s) d_s: with ema 0.5, after d_1 and
+    d_2 it is 0.25 d_1 + 0.5 d_2, against 0.5 d_1 + 0.5 d_2 from the first estimate. Coordinates
+    0 and 1 swap ranks between the two conventions; the first refresh ranks alike."""
+    d1 = [torch.tensor([[3.0, 0.0], [10.0, 10.0]], dtype=torch.float64),
+          torch.full((3,), 10.0, dtype=torch.float64)]
+    d2 = [torch.tensor([[0.0, 2.0], [10.0, 10.0]], dtype=torch.float64),
+          torch.full((3,), 10.0, dtype=torch.float64)]
+    masks, estimates = {}, {}
+    for from_zero in (False, True):
+        ire = IRE(torch.optim.SGD(make_quadratic().parameters(), lr=0.01), kappa=1.0,
+                  gamma=1 / 7, ema=0.5, ema_from_zero=from_zero)
+        ire.update_mask(d1)
+        masks[from_zero, 1] = torch.cat([m.reshape(-1) for m in ire.mask]).tolist()
+        ire.update_mask(d2)
+        masks[from_zero, 2] = torch.cat([m.reshape(-1) for m in ire.mask]).tolist()
+        estimates[from_zero] = ire.estimate
+    for got, first, second in zip(estimates[True], d1, d2):
+        torch.testing.assert_close(got, 0.25 * first + 0.5 * second, rtol=0, atol=0)
+    for got, first, second in zip(estimates[False], d1, d2):
+        torch.testing.assert_close(got, 0.5 * first + 0.5 * second, rtol=0, atol=0)
+    assert masks[False, 1] == masks[True, 1] == [0, 1, 0, 0, 0, 0, 0]
+    assert masks[False, 2] == [0, 1, 0, 0, 0, 0, 0]  # 0.5 * 3 + 0 > 0 + 0.5 * 2
+    assert masks[True, 2] == [1, 0, 0, 0, 0, 0, 0]  # 0.25 * 3 + 0 < 0 + 0.5 * 2
+    # a checkpoint written before the option existed averaged from the first estimate
+    older = ire.state_dict()
+    del older["hyperparameters"]["ema_from_zero"]
+    fresh = IRE(torch.optim.SGD(make_quadratic().parameters(), lr=0.01), kappa=1.0, gamma=0.5,
+                ema_from_zero=True)
+    fresh.load_state_dict(older)
+    assert fresh.ema_from_zero is False
+
+
 def test_kappa_follows_lr(make_quadratic, quadratic_problem, reference):
     matrix, start = quadratic_problem
     model = make_quadratic()
@@ -293,6 +326,7 @@ def test_grad_scaler_step_on_ire_over_sgd(make_quadratic):
         (dict(start_step=-1), ValueError, r"start_step must be >= 0, got -1"),
         (dict(ema=1.0), ValueError, r"ema must lie in \[0, 1\), got 1.0"),
         (dict(per_tensor="yes"), TypeError, r"per_tensor must be a bool, got 'yes'"),
+        (dict(ema_from_zero=1), TypeError, r"ema_from_zero must be a bool, got 1"),
     ],
 )
 def test_ire_rejects_bad_arguments(kwargs, error, pattern, make_quadratic):

@@ -37,6 +37,9 @@ def build(name: str, model: nn.Module):
     if name == "ire-adamw":
         return IRE(torch.optim.AdamW(params, lr=1e-2), kappa=1.5, gamma=0.3, refresh_every=3,
                    ema=0.5), None
+    if name == "ire-sgd-ema-from-zero":
+        return IRE(torch.optim.SGD(params, lr=0.05, momentum=0.9), kappa=1.5, gamma=0.3,
+                   refresh_every=3, ema=0.8, ema_from_zero=True), None
     if name == "ire-sam":
         optimizer = IRE(SAM(params, torch.optim.SGD, rho=0.05, lr=0.05, momentum=0.9), kappa=1.5,
                         gamma=0.3, refresh_every=3, ema=0.5, kappa_follows_lr=True)
@@ -80,7 +83,9 @@ def assert_identical(a, b, path="state"):
         assert a == b, path
 
 
-@pytest.mark.parametrize("name", ["sam-sgd-momentum", "sam-adamw", "ire-adamw", "ire-sam"])
+@pytest.mark.parametrize(
+    "name", ["sam-sgd-momentum", "sam-adamw", "ire-adamw", "ire-sgd-ema-from-zero", "ire-sam"]
+)
 def test_resumed_run_is_bit_identical(name):
     data = batches()
     straight_model = make_model(0)

@@ -50,6 +50,7 @@ _HYPERPARAMETERS = (
     "refresh_every",
     "start_step",
     "ema",
+    "ema_from_zero",
     "per_tensor",
     "kappa_follows_lr",
 )
@@ -91,7 +92,11 @@ class IRE(Optimizer):
     ``start_step`` and every ``refresh_every`` steps after each refresh) it computes a diagonal
     estimate and calls :meth:`update_mask`. With ``ema > 0`` the mask ranks the exponential
     moving average :math:`\hat d \leftarrow \text{ema}\,\hat d + (1 - \text{ema})\, d` of the
-    estimates (the first estimate initializes it).
+    estimates, one update per refresh. The first estimate initializes it, or with
+    ``ema_from_zero`` it starts from :math:`\hat d = 0` as in the official IRE code, so that after
+    :math:`t` refreshes :math:`\hat d = (1 - \text{ema}) \sum_{s \le t} \text{ema}^{t - s} d_s`:
+    the first estimate weighs :math:`1 - \text{ema}` times what it weighs in the default
+    convention (the first refresh ranks the same either way).
 
     ``param_groups`` is the inner optimizer's list, so a learning-rate scheduler attached to the
     ``IRE`` object drives the inner optimizer. Over a :class:`~samhess.optim.SAM` the two-step
@@ -105,6 +110,7 @@ class IRE(Optimizer):
         refresh_every: steps between mask refreshes (>= 1).
         start_step: index of the first amplified step (>= 0).
         ema: averaging factor of the diagonal estimates, in [0, 1); 0 uses the latest one.
+        ema_from_zero: start the average from zero instead of from the first estimate.
         per_tensor: rank coordinates within each parameter tensor instead of globally.
         kappa_follows_lr: scale :math:`\kappa` by each group's learning rate over its initial
             one (``initial_lr`` if a scheduler already set it, else ``lr`` at construction).
@@ -124,6 +130,8 @@ class IRE(Optimizer):
         ema: float = 0.0,
         per_tensor: bool = False,
         kappa_follows_lr: bool = False,
+        *,
+        ema_from_zero: bool = False,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
@@ -136,6 +144,7 @@ class IRE(Optimizer):
         self.refresh_every = refresh_every
         self.start_step = start_step
         self.ema = ema
+        self.ema_from_zero = check_bool("ema_from_zero", ema_from_zero)
         self.per_tensor = check_bool("per_tensor", per_tensor)
         self.kappa_follows_lr = check_bool("kappa_follows_lr", kappa_follows_lr)
         # The inner optimizer's defaults, shared: schedulers that cycle momentum read them, and
@@ -277,9 +286,11 @@ class IRE(Optimizer):
         if self._pending:
             raise RuntimeError("update_mask() between first_step() and second_step()")
         estimates = self._as_parameter_tensors("diag", diag)
-        if self._estimate is None or self.ema == 0.0:
+        if self.ema == 0.0 or (self._estimate is None and not self.ema_from_zero):
             self._estimate = [e.clone() for e in estimates]
         else:
+            if self._estimate is None:
+                self._estimate = [torch.zeros_like(e) for e in estimates]
             torch._foreach_lerp_(self._estimate, estimates, 1.0 - self.ema)
         self._set_mask(flattest_coordinates_mask(self._estimate, self.gamma, self.per_tensor))
         self._refreshed_at = self.step_count
@@ -458,6 +469,10 @@ class IRE(Optimizer):
         for name in ("kappa", "gamma", "refresh_every", "start_step", "ema"):
             setattr(self, name, hyperparameters[name])
         self.per_tensor = check_bool("per_tensor", hyperparameters["per_tensor"])
+        # A checkpoint from before the option existed averaged from the first estimate.
+        self.ema_from_zero = check_bool(
+            "ema_from_zero", hyperparameters.get("ema_from_zero", False)
+        )
         self.kappa_follows_lr = check_bool(
             "kappa_follows_lr", hyperparameters["kappa_follows_lr"]
         )
