@@ -8,6 +8,8 @@ On a quadratic, grad L(w + e) = g + A e exactly, so SAM's gain along an eigenvec
 from __future__ import annotations
 
 import copy
+import json
+import math
 
 import pytest
 import torch
@@ -175,6 +177,50 @@ def test_sharp_flat_gains_equal_closed_form(quadratic):
     assert smallest.sharp_gain == pytest.approx(expected_sharp, rel=1e-8)
     sharp_share = float(weights[:2].sum() / weights.sum())
     assert result.sharp_share == pytest.approx(sharp_share, rel=1e-10)
+
+
+def test_sharp_flat_gains_are_nan_below_min_share(quadratic):
+    """A start point with components 1e-3 on the top-2 eigenvectors: the sharp subspace holds
+    1.4e-5 of ||g||^2 (closed form below), under the default min_share 1e-4, so the
+    measured sharp gain and the ratio are NaN with a reason; with min_share=0 the sharp gain is
+    the quadratic's exact 1 + rho lambda / ||g|| mean (no higher-order terms here)."""
+    model, loss_fn, batch, matrix, eigenvalues, vectors = quadratic
+    coefficients = torch.tensor([1e-3, -1e-3, 0.6, 1.2, -0.5, 0.9], dtype=torch.float64)
+    with torch.no_grad():
+        start = vectors @ coefficients
+        model.a.copy_(start[:4].reshape(2, 2))
+        model.b.copy_(start[4:])
+    g = gradient(model, matrix)
+    weights = (eigenvalues * coefficients) ** 2  # <q_i, g>^2
+    share = float(weights[:2].sum() / weights.sum())
+    assert 1e-5 < share < 2e-5
+    per_direction = 1 + RHO * eigenvalues / g.norm()
+    expected_sharp = float((weights[:2] * per_direction[:2]).sum() / weights[:2].sum())
+    top = eigenpairs(HessianOperator(model, loss_fn, batch), 2, which="largest")
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR)
+
+    result = sharp_flat_gains(model, loss_fn, batch, sam, k=2, sharp=top)
+    assert result.sharp_share == pytest.approx(share, rel=1e-6)
+    assert result.min_share == 1e-4
+    assert math.isnan(result.sharp_gain) and math.isnan(result.ratio)
+    assert result.flat_gain == pytest.approx(result.predicted_flat_gain, rel=1e-8)
+    assert result.predicted_sharp_gain == pytest.approx(expected_sharp, rel=1e-6)
+    assert result.undefined_reason.startswith(f"the sharp subspace holds {share:.2e} of")
+    assert "min_share=0.0001" in result.undefined_reason
+    assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["ratio"] is None
+
+    every = sharp_flat_gains(model, loss_fn, batch, sam, k=2, sharp=top, min_share=0.0)
+    assert every.undefined_reason == ""
+    assert every.sharp_gain == pytest.approx(expected_sharp, rel=1e-6)
+    assert every.ratio == pytest.approx(every.predicted_ratio, rel=1e-6)
+
+    # the same rule on a given flat subspace: the top-2 eigenvectors as "flat" directions
+    flipped = sharp_flat_gains(model, loss_fn, batch, sam, k=2, sharp=top,
+                               flat_directions=vectors[:, :2], min_share=1e-3)
+    assert math.isnan(flipped.flat_gain) and math.isnan(flipped.sharp_gain)
+    assert flipped.undefined_reason.count("subspace holds") == 2
+    with pytest.raises(ValueError, match=r"min_share must lie in \[0, 1\), got 1.0"):
+        sharp_flat_gains(model, loss_fn, batch, sam, k=2, sharp=top, min_share=1.0)
 
 
 # ---- bit-identical restoration --------------------------------------------------------------

@@ -8,7 +8,12 @@
   Hessian eigenvectors against a gradient step, with the theory's prediction where one is
   registered for the optimizer's exact type (:func:`register_prediction`); the step is undone
   bit for bit;
-* :func:`ire_mask_quality`: whether IRE's coordinate mask separates sharp from flat eigenspaces;
+* :func:`second_order_gains`, :func:`third_derivative`: SAM's gain with the second-order term
+  :math:`\\tfrac12\\rho^2\\langle v, \\nabla^3 L[\\hat g, \\hat g]\\rangle / \\langle v, g\\rangle`,
+  which decides it where the gradient barely touches :math:`v`;
+* :func:`ire_mask_quality`: whether IRE's coordinate mask separates sharp from flat eigenspaces,
+  and how much of it lies on inert coordinates; :func:`smallest_magnitude_eigenpairs`: the flat
+  eigenvectors it is measured against;
 * :func:`minibatch_decomposition`: SAM's extra term on a mini-batch split into full-data,
   Hessian-noise and gradient-noise parts;
 * :func:`validity_map`: where the first-order picture holds, against
@@ -19,7 +24,12 @@ Every result is a dataclass with ``to_dict()`` (strict JSON). The derivation, co
 which function measures which line of it: ``docs/theory.md``.
 """
 
-from samhess.analysis.gains import directional_gains, sharp_flat_gains, subspace_gain
+from samhess.analysis.gains import (
+    directional_gains,
+    sharp_flat_gains,
+    smallest_magnitude_eigenpairs,
+    subspace_gain,
+)
 from samhess.analysis.mask_quality import flat_mask_vector, ire_mask_quality
 from samhess.analysis.minibatch import minibatch_decomposition
 from samhess.analysis.plots import plot_gains, plot_taylor, plot_validity
@@ -34,6 +44,7 @@ from samhess.analysis.results import (
     DirectionalGains,
     MaskQuality,
     MinibatchDecomposition,
+    SecondOrderGains,
     SharpFlatGains,
     TaylorCheck,
     TraceIdentityCheck,
@@ -41,6 +52,7 @@ from samhess.analysis.results import (
     ValidityPoint,
     ValiditySummary,
 )
+from samhess.analysis.second_order import second_order_gains, third_derivative
 from samhess.analysis.step_model import StepMeasurement, measure_steps
 from samhess.analysis.taylor import taylor_check, trace_identity_check
 from samhess.analysis.validity import format_validity_table, validity_map
@@ -51,6 +63,9 @@ __all__ = [
     "directional_gains",
     "sharp_flat_gains",
     "subspace_gain",
+    "smallest_magnitude_eigenpairs",
+    "second_order_gains",
+    "third_derivative",
     "measure_steps",
     "StepMeasurement",
     "FirstOrderPrediction",
@@ -70,6 +85,7 @@ __all__ = [
     "TraceIdentityCheck",
     "DirectionalGains",
     "SharpFlatGains",
+    "SecondOrderGains",
     "MaskQuality",
     "MinibatchDecomposition",
     "ValidityMap",

@@ -5,14 +5,17 @@ estimate is smallest: :math:`D \leftarrow (I + \kappa M) D` with :math:`M = \ope
 :math:`m \in \{0, 1\}^d`. The seed note reads :math:`M` as the projection onto the flat
 directions, but it projects onto *coordinates*: a sharp eigenvector :math:`v` is amplified by
 :math:`\kappa \lVert M v\rVert^2` along itself whenever it has mass on coordinates the mask
-calls flat. :func:`ire_mask_quality` measures that mass for each sharp eigenvector, and the share
-of a flat subspace :math:`F` the mask covers, :math:`\operatorname{Tr}(M P_F)/\dim F`. A random
-mask selecting a fraction :math:`\gamma` of the coordinates gives :math:`\gamma` for both, in
-expectation; a mask that separates the eigenspaces gives 0 and 1.
+calls flat. :func:`ire_mask_quality` measures that mass for each sharp eigenvector (ideal 0), the
+mass the mask holds of given flat eigenvectors (ideal 1), and the share of the mask spent on
+inert coordinates, whose gradient and curvature are exactly zero (a ReLU unit dead on the
+batch, a pixel blank in every example): amplifying them moves nothing. A random mask selecting
+a fraction :math:`\gamma` of the coordinates gives :math:`\gamma` for the first two and the
+inert coordinates' overall fraction for the third, in expectation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,36 +72,70 @@ def _mass_on_mask(mask: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return (mask[:, None] * vectors.square()).sum(dim=0) / vectors.square().sum(dim=0)
 
 
+def _as_coordinates(name: str, value: Any, dim: int, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in value):
+        value = flatten([t.detach() for t in value])
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a flat tensor or a list of tensors, got {type(value).__name__}"
+        )
+    value = value.detach().reshape(-1)
+    if value.numel() != dim:
+        raise ValueError(f"{name} must hold {dim} coordinates, got {value.numel()}")
+    return value.to(dtype=like.dtype, device=like.device)
+
+
 def ire_mask_quality(
     ire_or_mask: Any,
     eigenvectors: Any,
     flat_eigenvectors: Any = None,
     *,
     params: Sequence[torch.Tensor] | None = None,
+    gradient: Any = None,
+    curvature_diagonal: Any = None,
 ) -> MaskQuality:
-    r"""How much of each sharp eigenvector the mask calls flat, and how much flat space it covers.
+    r"""How much of the sharp and of the flat eigenvectors the mask holds, and how much is inert.
 
     With :math:`M = \operatorname{diag}(m)` and :math:`\gamma = |m|/d`:
 
     * ``sharp_mass_on_mask[i]`` :math:`= \lVert M v_i\rVert^2/\lVert v_i\rVert^2` for each
       sharp eigenvector: the share of its squared mass IRE amplifies (ideal 0, random
       :math:`\gamma`); ``sharp_separation`` is their mean over :math:`\gamma`;
-    * ``flat_coverage`` :math:`= \operatorname{Tr}(M P_F)/\dim F`, with :math:`F` the span of
-      ``flat_eigenvectors`` if given, else the orthogonal complement of the sharp
-      eigenvectors (:math:`\operatorname{Tr}(M P_F) = |m| - \operatorname{Tr}(Q^\top M Q)`,
-      :math:`Q` an orthonormal basis of the sharp span); ideal 1, random :math:`\gamma`;
-    * ``mask_in_flat`` :math:`= \operatorname{Tr}(M P_F)/|m|`: the share of the mask's span
-      inside :math:`F`.
+    * ``flat_mass_on_mask[j]`` :math:`= \lVert M u_j\rVert^2/\lVert u_j\rVert^2` for each given
+      flat eigenvector, and ``mean_flat_mass_on_mask`` their mean, which for orthonormal
+      :math:`u_j` is :math:`\operatorname{Tr}(M P_F)/\dim F`: ideal 1, reached when
+      :math:`F \subseteq \operatorname{span}\{e_i : m_i = 1\}` (so at most :math:`|m|`
+      eigenvectors), random :math:`\gamma`. Take :math:`u_j` the eigenvectors of smallest
+      nonzero :math:`|\lambda|` (:func:`~samhess.analysis.gains.smallest_magnitude_eigenpairs`
+      with ``skip_null=True``): the null space of a network's batch Hessian is spanned in part
+      by the inert coordinates themselves, and a mask that holds it amplifies nothing;
+    * with ``gradient`` and ``curvature_diagonal``, the inert coordinates are those where both
+      are exactly zero; ``inert_fraction`` is their share of all coordinates (what a random
+      mask spends on them) and ``mask_inert_share`` their share of the mask's coordinates. A
+      diagonal-ranked mask takes them first: their curvature estimate is the smallest possible.
+
+    The mask measured against the complement of the sharp eigenvectors,
+    :math:`\operatorname{Tr}(M P_F)/\dim F` with :math:`\dim F = d - k`, cannot exceed about
+    :math:`\gamma d/(d - k)`, whatever the mask, and is not reported.
 
     Args:
         ire_or_mask: an :class:`~samhess.optim.IRE`, a list of 0/1 mask tensors, or a flat one.
         eigenvectors: the sharp eigenvectors, ``(dim, k)``, or an eigenpair result.
-        flat_eigenvectors: optional ``(dim, m)`` flat eigenvectors (e.g. smallest
-            :math:`|\lambda|`).
+        flat_eigenvectors: optional ``(dim, n)`` flat eigenvectors.
         params: see :func:`flat_mask_vector`.
+        gradient: the batch gradient, flat or one tensor per parameter, in the mask's
+            coordinate order (``params`` if given, else the IRE's parameter order).
+        curvature_diagonal: the diagonal of a curvature matrix in the same order (IRE's
+            ``estimate``, a Fisher, Gauss-Newton or Hessian diagonal); for a positive
+            semi-definite curvature a zero diagonal entry means a zero row and column.
 
     Returns:
         A :class:`~samhess.analysis.results.MaskQuality`.
+
+    Raises:
+        ValueError: for a mask with values other than 0 and 1, shapes that do not match, or only
+            one of ``gradient`` and ``curvature_diagonal``.
+        TypeError: for arguments of the wrong type.
     """
     mask = flat_mask_vector(ire_or_mask, params)
     vectors = getattr(eigenvectors, "eigenvectors", eigenvectors)
@@ -107,33 +144,38 @@ def ire_mask_quality(
     dim = mask.numel()
     if bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError("the mask must hold only 0 and 1 values")
+    if (gradient is None) != (curvature_diagonal is None):
+        raise ValueError(
+            "gradient and curvature_diagonal must be given together (the inert coordinates "
+            "are those where both vanish)"
+        )
     sharp, _ = as_directions(eigenvectors, dim, mask, name="eigenvectors")
     count = float(mask.sum())
     fraction = count / dim
     sharp_mass = _mass_on_mask(mask, sharp)
     mean_sharp = float(sharp_mass.mean())
 
-    flat_mass = None
+    flat_mass = mean_flat = None
     if flat_eigenvectors is not None:
         flat, _ = as_directions(flat_eigenvectors, dim, mask, name="flat_eigenvectors")
-        q = torch.linalg.qr(flat).Q
-        trace_on_flat = float((mask[:, None] * q.square()).sum())
-        flat_dim = q.shape[1]
-        flat_mass = _mass_on_mask(mask, flat).tolist()
-        flat_kind = "given"
-    else:
-        q = torch.linalg.qr(sharp).Q
-        trace_on_flat = count - float((mask[:, None] * q.square()).sum())
-        flat_dim = dim - q.shape[1]
-        flat_kind = "complement"
+        flat_masses = _mass_on_mask(mask, flat)
+        flat_mass, mean_flat = flat_masses.tolist(), float(flat_masses.mean())
+
+    inert_fraction = mask_inert_share = None
+    if gradient is not None:
+        gradient = _as_coordinates("gradient", gradient, dim, mask)
+        diagonal = _as_coordinates("curvature_diagonal", curvature_diagonal, dim, mask)
+        inert = ((gradient == 0) & (diagonal == 0)).to(mask.dtype)
+        inert_fraction = float(inert.mean())
+        mask_inert_share = float((inert * mask).sum()) / count if count > 0 else math.nan
     return MaskQuality(
         dim=dim,
         mask_fraction=fraction,
         sharp_mass_on_mask=sharp_mass.tolist(),
         mean_sharp_mass_on_mask=mean_sharp,
-        sharp_separation=mean_sharp / fraction if fraction > 0 else float("nan"),
-        flat=flat_kind,
-        flat_coverage=trace_on_flat / flat_dim if flat_dim > 0 else float("nan"),
+        sharp_separation=mean_sharp / fraction if fraction > 0 else math.nan,
         flat_mass_on_mask=flat_mass,
-        mask_in_flat=trace_on_flat / count if count > 0 else float("nan"),
+        mean_flat_mass_on_mask=mean_flat,
+        inert_fraction=inert_fraction,
+        mask_inert_share=mask_inert_share,
     )

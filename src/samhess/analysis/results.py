@@ -17,6 +17,7 @@ __all__ = [
     "TraceIdentityCheck",
     "DirectionalGains",
     "SharpFlatGains",
+    "SecondOrderGains",
     "MaskQuality",
     "MinibatchDecomposition",
     "ValidityPoint",
@@ -184,9 +185,11 @@ class SharpFlatGains(_PlainData):
         k: number of sharp eigenvectors (largest eigenvalues).
         flat: ``"complement"`` (orthogonal complement of the sharp eigenvectors) or
             ``"smallest"`` (eigenvectors of the smallest :math:`|\lambda|`).
-        sharp_gain: the subspace gain on the sharp eigenvectors.
-        flat_gain: the subspace gain on the flat subspace.
-        ratio: ``sharp_gain / flat_gain``; the seed note expects > 1 for SAM, < 1 for IRE.
+        sharp_gain: the subspace gain on the sharp eigenvectors; NaN when they hold less than
+            ``min_share`` of :math:`\lVert D_\text{ref}\rVert^2`.
+        flat_gain: the subspace gain on the flat subspace; NaN likewise.
+        ratio: ``sharp_gain / flat_gain``; the seed note expects > 1 for SAM, < 1 for IRE. NaN
+            when either gain is (see ``undefined_reason``).
         sharp_gains: the gain along each sharp eigenvector.
         sharp_gain_median: median of ``sharp_gains``.
         eigenvalues: the sharp eigenvalues, largest first.
@@ -197,6 +200,9 @@ class SharpFlatGains(_PlainData):
         prediction_formula: the step model behind the predictions.
         sharp_share: share of :math:`\lVert D_\text{ref}\rVert^2` in the sharp subspace.
         flat_share: share of :math:`\lVert D_\text{ref}\rVert^2` in the flat subspace.
+        min_share: the share below which a measured subspace gain is NaN.
+        undefined_reason: why a measured gain is NaN (which subspace, its share); empty when
+            both are defined.
         grad_norm: :math:`\lVert g\rVert`.
         lr: learning rate of the first parameter group.
     """
@@ -218,33 +224,64 @@ class SharpFlatGains(_PlainData):
     prediction_formula: str
     sharp_share: float
     flat_share: float
+    min_share: float
+    undefined_reason: str
     grad_norm: float
     lr: float
 
 
 @dataclass
+class SecondOrderGains(_PlainData):
+    r"""SAM's measured gain per direction against its first- and second-order predictions.
+
+    Attributes:
+        mode: ``"sam"`` (:math:`c = \rho/\lVert g\rVert`) or ``"usam"`` (:math:`c = \rho`).
+        rho: the radius.
+        grad_norm: :math:`\lVert g\rVert`.
+        eigenvalues: the directions' eigenvalues when given an eigenpair result, else ``None``.
+        gradient_cosines: :math:`\langle v, g\rangle / (\lVert v\rVert \lVert g\rVert)`, the
+            alignment that the second-order term is divided by.
+        measured: the gain of one real step, :math:`\langle v, D\rangle/\langle v, -\eta g\rangle`.
+        first_order: :math:`1 + c\,\langle v, Hg\rangle/\langle v, g\rangle`.
+        second_order_terms: :math:`\tfrac12 c^2\langle v, \nabla^3 L[g, g]\rangle/\langle v, g\rangle`.
+        second_order: ``first_order + second_order_terms``.
+    """
+
+    mode: str
+    rho: float
+    grad_norm: float
+    eigenvalues: list[float] | None
+    gradient_cosines: list[float]
+    measured: list[float]
+    first_order: list[float]
+    second_order_terms: list[float]
+    second_order: list[float]
+
+
+@dataclass
 class MaskQuality(_PlainData):
-    r"""How well a coordinate mask separates the Hessian's sharp and flat eigenspaces.
+    r"""How a coordinate mask meets the Hessian's sharp and flat eigenvectors.
 
     With :math:`M = \operatorname{diag}(m)`, :math:`m \in \{0,1\}^d` the mask (1 = flat):
 
     Attributes:
         dim: number of coordinates :math:`d`.
-        mask_fraction: :math:`\gamma = |m| / d`, the share a random mask of the same size would
-            give every quantity below in expectation.
+        mask_fraction: :math:`\gamma = |m| / d`, what a random mask of the same size gives
+            ``mean_sharp_mass_on_mask`` and ``mean_flat_mass_on_mask`` in expectation.
         sharp_mass_on_mask: :math:`\lVert M v_i\rVert^2` for each sharp eigenvector
             :math:`v_i`: the share of its squared mass the mask calls flat (ideal 0).
         mean_sharp_mass_on_mask: mean of ``sharp_mass_on_mask``.
         sharp_separation: ``mean_sharp_mass_on_mask / mask_fraction`` (1 = no better than a
             random mask, 0 = perfect).
-        flat: ``"complement"`` or ``"given"`` (explicit flat eigenvectors).
-        flat_coverage: :math:`\operatorname{Tr}(M P_F)/\dim F`, the share of the flat subspace
-            :math:`F` the mask covers (average over an orthonormal basis of :math:`F` of the
-            mass on the mask).
-        flat_mass_on_mask: :math:`\lVert M u_j\rVert^2` per given flat eigenvector (``"given"``
-            only).
-        mask_in_flat: :math:`\operatorname{Tr}(M P_F)/|m|`, the share of the mask's span that
-            lies in :math:`F`.
+        flat_mass_on_mask: :math:`\lVert M u_j\rVert^2` for each given flat eigenvector
+            :math:`u_j` (``None`` when none were given).
+        mean_flat_mass_on_mask: mean of ``flat_mass_on_mask``, :math:`\operatorname{Tr}(M P_F)
+            / \dim F` for orthonormal :math:`u_j`: ideal 1 (reachable for
+            :math:`\dim F \le |m|`), random :math:`\gamma`.
+        inert_fraction: share of all coordinates whose gradient and curvature diagonal are
+            exactly zero (``None`` unless both were given): what a random mask spends on them.
+        mask_inert_share: share of the mask's coordinates that are inert: amplified without
+            any effect on the step.
     """
 
     dim: int
@@ -252,10 +289,10 @@ class MaskQuality(_PlainData):
     sharp_mass_on_mask: list[float]
     mean_sharp_mass_on_mask: float
     sharp_separation: float
-    flat: str
-    flat_coverage: float
     flat_mass_on_mask: list[float] | None
-    mask_in_flat: float
+    mean_flat_mass_on_mask: float | None
+    inert_fraction: float | None
+    mask_inert_share: float | None
 
 
 @dataclass
