@@ -105,6 +105,9 @@ def test_remainders_fall_like_rho_squared_and_cubed_on_the_digits_mlp(digits_mlp
     assert result.eigenvalues == pytest.approx(top.eigenvalues.tolist())
     first_slope = torch.log(errors[0.03][0] / errors[0.01][0]) / math.log(3)
     second_slope = torch.log(errors[0.03][1] / errors[0.01][1]) / math.log(3)
+    print(f"\nfitted slopes of the gain errors against rho over the top-5 eigenvectors: first "
+          f"order {[round(x, 2) for x in first_slope.tolist()]}, second order "
+          f"{[round(x, 2) for x in second_slope.tolist()]}")
     assert bool(((first_slope > 1.7) & (first_slope < 2.3)).all()), first_slope
     assert bool(((second_slope > 2.6) & (second_slope < 3.9)).all()), second_slope
     assert bool((errors[0.01][1] < errors[0.01][0] / 3).all())
