@@ -51,6 +51,14 @@ def check_open_unit_interval(name: str, value: object) -> float:
     return value
 
 
+def check_half_open_unit_interval(name: str, value: object) -> float:
+    """Return ``value`` if it lies in [0, 1)."""
+    value = check_real(name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+    return value
+
+
 def check_int_at_least(name: str, value: object, minimum: int) -> int:
     """Return ``value`` if it is an integer >= ``minimum`` (booleans are refused)."""
     if isinstance(value, bool) or not isinstance(value, Integral):

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from samhess._validation import check_choice, check_int_at_least, check_real
+from samhess._validation import check_choice, check_half_open_unit_interval, check_int_at_least
 from samhess.analysis._steps import as_data, check_batch, evaluation_mode, resolve_parameters
 from samhess.analysis.results import DirectionalGains, SharpFlatGains
 from samhess.analysis.step_model import StepMeasurement, measure_steps
@@ -84,14 +84,6 @@ NEGLIGIBLE_SHARE = 1e-8
 #: :math:`\lVert g\rVert^2` after gradient descent (tanh), where the measured sharp/flat ratio
 #: falls below 1; 1e-3 to 1e-2 after full-batch Adam, 0.6 to 0.9 after mini-batch SGD.
 MIN_SUBSPACE_SHARE = 1e-4
-
-
-def check_share(name: str, value: object) -> float:
-    """``value`` if it is a real in [0, 1)."""
-    value = check_real(name, value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
-    return value
 
 
 def _projected_gain(
@@ -371,7 +363,7 @@ def sharp_flat_gains(
     batch = check_batch(batch)
     k = check_int_at_least("k", k, 1)
     flat = check_choice("flat", flat, FLAT_KINDS)
-    min_share = check_share("min_share", min_share)
+    min_share = check_half_open_unit_interval("min_share", min_share)
     params = resolve_parameters(model, params)
     dim = sum(p.numel() for p in params)
     if sharp is None:

@@ -35,10 +35,10 @@ from torch.optim import Optimizer
 
 from samhess._validation import (
     check_bool,
+    check_half_open_unit_interval,
     check_int_at_least,
     check_nonnegative,
     check_open_unit_interval,
-    check_real,
 )
 from samhess.optim.masks import flattest_coordinates_mask
 
@@ -54,13 +54,6 @@ _HYPERPARAMETERS = (
     "per_tensor",
     "kappa_follows_lr",
 )
-
-
-def _check_ema(value: object) -> float:
-    value = check_real("ema", value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"ema must lie in [0, 1), got {value!r}")
-    return value
 
 
 @dataclass
@@ -215,7 +208,7 @@ class IRE(Optimizer):
 
     @ema.setter
     def ema(self, value: float) -> None:
-        self._ema = _check_ema(value)
+        self._ema = check_half_open_unit_interval("ema", value)
 
     # -- mask -----------------------------------------------------------------------------------
 
