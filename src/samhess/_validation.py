@@ -75,3 +75,12 @@ def check_choice(name: str, value: object, choices: tuple[str, ...] | list[str])
         options = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_fraction(name: str, value: object, include_one: bool = False) -> float:
+    """Return ``value`` if it lies in [0, 1) (or in [0, 1] with ``include_one``)."""
+    value = check_real(name, value)
+    if not (0.0 <= value < 1.0 or (include_one and value == 1.0)):
+        interval = "[0, 1]" if include_one else "[0, 1)"
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+    return value

@@ -406,8 +406,12 @@ class IRE(Optimizer):
 
     def first_step(
         self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None
-    ) -> None:
-        """SAM inner only: remember :math:`w`, then the inner ``first_step`` (:math:`w + e`)."""
+    ) -> bool:
+        """SAM inner only: remember :math:`w`, then the inner ``first_step`` (:math:`w + e`).
+
+        Returns:
+            The inner ``first_step``'s answer: whether the step needs the second pass.
+        """
         if not callable(getattr(self.optimizer, "first_step", None)):
             raise TypeError(
                 f"first_step() needs a SAM inner optimizer, got {type(self.optimizer).__name__}"
@@ -415,8 +419,9 @@ class IRE(Optimizer):
         if self._pending:
             raise RuntimeError("first_step() called twice without second_step()")
         self._begin_step()
-        self.optimizer.first_step(zero_grad=zero_grad, grad_scaler=grad_scaler)
+        two_pass = self.optimizer.first_step(zero_grad=zero_grad, grad_scaler=grad_scaler)
         self._pending = True
+        return two_pass
 
     def second_step(
         self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None

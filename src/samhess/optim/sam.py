@@ -35,6 +35,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -103,6 +104,51 @@ def _check_base_optimizer(base_optimizer: object) -> str:
     return name
 
 
+def _global_dots(pairs: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> list[float]:
+    r"""For each pair ``(a, b)``, :math:`\langle a, b\rangle` over the concatenated tensors.
+
+    One dot product per tensor in its own dtype, summed in float64, and one host
+    synchronization for all the pairs together.
+    """
+    device = pairs[0][0][0].device
+    sums = [
+        torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)).to(device=device, dtype=torch.float64)
+                     for x, y in zip(a, b)]).sum()
+        for a, b in pairs
+    ]
+    return torch.stack(sums).tolist()
+
+
+@dataclass
+class StepGroup:
+    """The tensors of one parameter group in the current step, as the variant hooks see them.
+
+    Attributes:
+        group: the parameter-group dict (shared with the base optimizer).
+        params: the group's parameters that hold a gradient.
+        first_gradients: for each of ``params``, the gradient :math:`g` of the first pass at
+            :math:`w`, unscaled (divided by the GradScaler's scale), when the class keeps it
+            (:attr:`SAM._keeps_first_gradient`) on a two-pass step; ``None`` otherwise.
+    """
+
+    group: dict[str, Any]
+    params: list[torch.Tensor]
+    first_gradients: list[torch.Tensor] | None = None
+
+
+@dataclass
+class _GroupPerturbation:
+    """One group's move w -> w + e: the parameters with T = 1, and those with their T and T d."""
+
+    group: dict[str, Any]
+    params: list[torch.Tensor]
+    plain_params: list[torch.Tensor] = field(default_factory=list)
+    plain_directions: list[torch.Tensor] = field(default_factory=list)
+    scaled_params: list[torch.Tensor] = field(default_factory=list)
+    scales: list[torch.Tensor] = field(default_factory=list)
+    scaled_directions: list[torch.Tensor] = field(default_factory=list)
+
+
 class SAM(Optimizer):
     r"""Sharpness-Aware Minimization over any torch optimizer.
 
@@ -123,6 +169,13 @@ class SAM(Optimizer):
     gradient gives :math:`e = 0`, never NaN. A base optimizer with ``maximize=True`` is perturbed
     in the direction that lowers its objective (:math:`-e`).
 
+    First order:
+        With a plain SGD base of learning rate :math:`\mathrm{lr}` and :math:`H` the Hessian at
+        :math:`w`, :math:`\nabla L(w + e) = g + H e + O(\rho^2)`, so the step is
+        :math:`\Delta w = -\mathrm{lr}\,\bigl(g + \rho\, H T^2 g / \lVert T g \rVert\bigr)`
+        (SAM: :math:`-\mathrm{lr}\,(g + \rho H g/\lVert g\rVert)`; USAM:
+        :math:`-\mathrm{lr}\,(g + \rho H T^2 g)`).
+
     Two ways to drive it:
 
     Two-step (any loop, GradScaler, gradient accumulation)::
@@ -132,6 +185,10 @@ class SAM(Optimizer):
         with disable_running_stats(model):
             loss_fn(model(x), y).backward()
         optimizer.second_step(zero_grad=True)       # back to w, base step with grad at w + e
+
+    ``first_step`` returns whether the step needs the second forward-backward pass: always
+    ``True`` for SAM, ``False`` on the single-pass steps of variants such as :class:`LookSAM`
+    and :class:`RST`, where a loop may skip the second pass (running it anyway is harmless).
 
     Closure (``closure`` zeroes the gradients, runs forward and backward, returns the loss)::
 
@@ -149,6 +206,21 @@ class SAM(Optimizer):
     were; :attr:`skipped_last_step` then reads ``True``. This costs one host synchronization per
     step (the finiteness test of the gradient norm), as ``GradScaler.step`` itself does.
 
+    Variants:
+        The sharpness-aware family is written as subclasses that override these protected
+        methods; the GradScaler, gradient-accumulation, BatchNorm and checkpoint logic stays in
+        this class and applies to every variant. The order within one step is
+        :meth:`_perturbs_this_step`, then (two-pass steps) :meth:`_perturb` (by default built
+        from :meth:`_perturbation_directions` and :meth:`_scaling`) and the copy of :math:`g`
+        (:attr:`_keeps_first_gradient`); after the second pass :meth:`_completes_step`, then,
+        when the base step is taken, :meth:`_descent_gradients`, the base step and
+        :meth:`_after_base_step`, or, when the GradScaler skips it, :meth:`_step_skipped`.
+        State a variant changes before the base step (a random draw, a moving average) must be
+        staged and committed in :meth:`_descent_gradients` or :meth:`_after_base_step`, or
+        undone in :meth:`_step_skipped`, so that a skipped step changes nothing. Per-parameter
+        state goes in ``self.state[p]`` (saved by ``state_dict``); anything else in
+        :meth:`_variant_state`.
+
     Args:
         params: parameters or parameter-group dicts, as for any torch optimizer.
         base_optimizer: anything that builds a torch optimizer from parameter groups and keyword
@@ -165,9 +237,16 @@ class SAM(Optimizer):
     Attributes:
         base_optimizer: the base optimizer instance.
         last_grad_norm: the global norm :math:`\lVert T g \rVert` (unscaled) measured by the
-            last ``first_step``, a 0-dim tensor (``None`` before the first one).
-        skipped_last_step: ``True`` when the last ``second_step`` was skipped by the GradScaler.
+            last ``first_step``, a 0-dim tensor (``None`` before the first one, and after a
+            single-pass step, which measures none).
+        skipped_last_step: ``True`` when the last ``second_step`` took no base step (the
+            GradScaler skipped it, or, for :class:`MSAM`, micro-batches remain).
     """
+
+    #: Keep a copy of the first pass's gradient :math:`g` for :meth:`_descent_gradients`.
+    _keeps_first_gradient: bool = False
+    #: Attributes saved under ``state_dict()["variant"]`` and restored by ``load_state_dict``.
+    _hyperparameters: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -209,9 +288,18 @@ class SAM(Optimizer):
         self.last_grad_norm: torch.Tensor | None = None
         self.skipped_last_step = False
         self._saved_weights: dict[torch.Tensor, torch.Tensor] = {}
+        self._first_gradient_buffers: dict[torch.Tensor, torch.Tensor] = {}
         self._perturbed_params: list[torch.Tensor] = []
+        # what first_step recorded: (group, params with a gradient, their kept g or None)
+        self._step_record: list[tuple[dict[str, Any], list[torch.Tensor],
+                                      list[torch.Tensor] | None]] = []
+        # single-pass steps with zero_grad: the gradient g, handed back after the second pass
+        self._stashed_gradients: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending = False
-        self._scaler_may_step = False
+        self._two_pass = True
+        self._first_pass_finite = True
+        self._returned_to_w = False
+        self._base_step_due = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to SAM and its base optimizer (they share the list), validating ``rho``."""
@@ -228,15 +316,173 @@ class SAM(Optimizer):
         state.pop("step", None)
         return state
 
+    # -- hooks for variants ---------------------------------------------------------------------
+
+    def _perturbs_this_step(self) -> bool:
+        """Whether the step now beginning perturbs the weights and takes the second pass.
+
+        Called once at the start of every step (``first_step``, ``step(closure)``), before any
+        state changes. ``False`` makes it a single-pass step: the base step then uses the
+        gradient at :math:`w` (through :meth:`_descent_gradients`). SAM: always ``True``.
+        """
+        return True
+
+    def _perturbation_directions(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], inverse_scale: float
+    ) -> list[torch.Tensor]:
+        r"""The vectors :math:`d` in :math:`g`'s place in :math:`e = \rho T^2 d/\lVert T d\rVert`.
+
+        Called once per parameter group with the group's parameters and their (scaled)
+        gradients; the result must be in the same units as ``grads`` (multiply by
+        ``inverse_scale`` to unscale). It must not commit state: a step can still be skipped.
+        SAM: the gradients themselves.
+        """
+        return grads
+
+    def _scaling(
+        self, group: dict[str, Any], params: list[torch.Tensor]
+    ) -> list[torch.Tensor | None] | None:
+        r"""The diagonal operator :math:`T` of the perturbation, one tensor per parameter.
+
+        ``None`` (or a ``None`` entry) is the identity. SAM: :math:`T = |w|` on groups with
+        ``adaptive=True``, the identity elsewhere.
+        """
+        return torch._foreach_abs(params) if group["adaptive"] else None
+
+    def _perturb(self, groups: list[StepGroup], inverse_scale: float) -> bool:
+        r"""Move every parameter of ``groups`` from :math:`w` to :math:`w + e`.
+
+        Sets :attr:`last_grad_norm`; saves the weights with :meth:`_save_weights` before moving
+        them. Returns ``False``, leaving the weights at :math:`w`, when the gradients hold
+        inf/NaN (the GradScaler then skips the step).
+        """
+        planned: list[_GroupPerturbation] = []
+        for step_group in groups:
+            params = step_group.params
+            directions = self._perturbation_directions(
+                params, [p.grad for p in params], inverse_scale
+            )
+            scaling = self._scaling(step_group.group, params) or [None] * len(params)
+            plan = _GroupPerturbation(step_group.group, params)
+            unscaled_directions = []
+            for p, d, scale in zip(params, directions, scaling):
+                if scale is None:
+                    plan.plain_params.append(p)
+                    plan.plain_directions.append(d)
+                else:
+                    plan.scaled_params.append(p)
+                    plan.scales.append(scale)
+                    unscaled_directions.append(d)
+            if plan.scales:
+                plan.scaled_directions = list(torch._foreach_mul(plan.scales, unscaled_directions))
+            planned.append(plan)
+        norm, norm_value = _global_norm(
+            [d for plan in planned for d in plan.plain_directions + plan.scaled_directions]
+        )
+        self.last_grad_norm = norm * inverse_scale
+        if not math.isfinite(norm_value):
+            return False
+
+        tiny = torch.finfo(torch.float32).tiny
+        for plan in planned:
+            group = plan.group
+            if group["normalize"]:
+                coefficient = group["rho"] / max(norm_value, tiny)
+            else:
+                coefficient = group["rho"] * inverse_scale
+            if group.get("maximize", False):
+                coefficient = -coefficient
+            self._save_weights(plan.params)
+            if plan.plain_params:
+                torch._foreach_add_(plan.plain_params, plan.plain_directions, alpha=coefficient)
+            if plan.scaled_params:
+                torch._foreach_addcmul_(plan.scaled_params, plan.scales, plan.scaled_directions,
+                                        value=coefficient)
+        return True
+
+    def _descent_gradients(self, groups: list[StepGroup]) -> None:
+        r"""Turn each ``p.grad`` in place into the gradient the base step uses.
+
+        Called on every step that takes the base step, just before it. ``p.grad`` holds the
+        unscaled gradient at :math:`w + e` on a two-pass step, at :math:`w` on a single-pass
+        one (``self._two_pass`` tells which). SAM: unchanged.
+        """
+
+    def _after_base_step(self, groups: list[StepGroup]) -> None:
+        """Called right after the base step (weights at :math:`w_{t+1}`). SAM: nothing."""
+
+    def _completes_step(self) -> bool:
+        """Called once per second pass, weights back at :math:`w`; ``False`` defers the base step.
+
+        A variant that gathers several second passes into one base step (:class:`MSAM`)
+        collects ``p.grad`` here. SAM: ``True``.
+        """
+        return True
+
+    def _step_skipped(self) -> None:
+        """Called when the GradScaler skipped the base step: undo what the step changed."""
+
+    def _first_pass(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run ``step(closure)``'s first pass, return its loss. SAM: ``closure()`` at :math:`w`."""
+        return closure()
+
+    def _variant_state(self) -> dict[str, Any] | None:
+        """What to checkpoint beyond ``self.state[p]``: the hyperparameters named in
+        :attr:`_hyperparameters`; variants with counters or generators add them. SAM: none."""
+        if not self._hyperparameters:
+            return None
+        return {"hyperparameters": {name: getattr(self, name) for name in self._hyperparameters}}
+
+    def _load_variant_state(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`_variant_state` returned (hyperparameters through their checks)."""
+        saved = state.get("hyperparameters", {})
+        missing = [name for name in self._hyperparameters if name not in saved]
+        if missing:
+            raise ValueError(
+                f"state_dict lacks the {type(self).__name__} hyperparameters {missing}"
+            )
+        for name in self._hyperparameters:
+            setattr(self, name, saved[name])
+
+    # -- helpers for variants --------------------------------------------------------------------
+
+    def _save_weights(self, params: list[torch.Tensor]) -> None:
+        """Remember ``params``' current values; the step puts them back before the base step."""
+        torch._foreach_copy_(self._weight_buffers(params), params)
+        self._perturbed_params.extend(params)
+
+    def _weight_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        # Allocated once per parameter and reused, so a step allocates nothing persistent.
+        return self._buffers_for(self._saved_weights, params)
+
+    @staticmethod
+    def _buffers_for(
+        store: dict[torch.Tensor, torch.Tensor], params: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        buffers = []
+        for p in params:
+            buffer = store.get(p)
+            if buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype:
+                buffer = store[p] = torch.empty_like(p)
+            buffers.append(buffer)
+        return buffers
+
+    # -- the step ---------------------------------------------------------------------------------
+
     @torch.no_grad()
     def first_step(
         self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None
-    ) -> None:
+    ) -> bool:
         r"""Move from :math:`w` to :math:`w + e` using the current gradients :math:`g`.
 
         Args:
             zero_grad: clear the gradients afterwards, ready for the second backward pass.
             grad_scaler: the ``torch.amp.GradScaler`` whose scale the gradients carry, if any.
+
+        Returns:
+            Whether the step needs the second forward-backward pass (at :math:`w + e`). On a
+            single-pass step (``False``) the weights stay at :math:`w` and the base step uses
+            :math:`g`; a second pass run anyway, at :math:`w`, replaces it.
 
         Raises:
             RuntimeError: if a previous ``first_step`` was never completed by ``second_step``
@@ -250,69 +496,65 @@ class SAM(Optimizer):
         inverse_scale = 1.0
         if grad_scaler is not None and grad_scaler.is_enabled():
             inverse_scale = 1.0 / grad_scaler.get_scale()
-
-        per_group = []
-        scaled_grads: list[torch.Tensor] = []
+        groups = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if group["adaptive"]:
-                abs_weights = torch._foreach_abs(params)
-                weighted = torch._foreach_mul(abs_weights, grads)
-            else:
-                abs_weights, weighted = None, grads
-            per_group.append((group, params, abs_weights, weighted))
-            scaled_grads.extend(weighted)
+            if params:
+                groups.append(StepGroup(group, params))
+        two_pass = self._perturbs_this_step()
 
-        self._pending = True
-        self._perturbed_params = []
-        if not scaled_grads:
+        self._pending, self._returned_to_w, self._base_step_due = True, False, True
+        self._two_pass, self._first_pass_finite = two_pass, True
+        self._perturbed_params, self._stashed_gradients = [], []
+        self._step_record = [(g.group, g.params, None) for g in groups]
+        if not two_pass:
             self.last_grad_norm = None
-            return
-        norm, norm_value = _global_norm(scaled_grads)
-        self.last_grad_norm = norm * inverse_scale
-        if not math.isfinite(norm_value):
+            if zero_grad:
+                # The gradients leave p.grad without a copy; a second pass run anyway
+                # allocates new ones, which then take their place.
+                for step_group in groups:
+                    for p in step_group.params:
+                        self._stashed_gradients.append((p, p.grad))
+                        p.grad = None
+            return False
+        if not groups:
+            self.last_grad_norm = None
+            return True
+        if not self._perturb(groups, inverse_scale):
             # Overflowed (or NaN) gradients: stay at w and keep them, so the second backward
             # accumulates onto them and GradScaler.step sees the overflow and skips.
-            return
-
-        tiny = torch.finfo(torch.float32).tiny
-        for group, params, abs_weights, weighted in per_group:
-            if group["normalize"]:
-                coefficient = group["rho"] / max(norm_value, tiny)
-            else:
-                coefficient = group["rho"] * inverse_scale
-            if group.get("maximize", False):
-                coefficient = -coefficient
-            torch._foreach_copy_(self._weight_buffers(params), params)
-            if abs_weights is None:
-                torch._foreach_add_(params, weighted, alpha=coefficient)
-            else:
-                torch._foreach_addcmul_(params, abs_weights, weighted, value=coefficient)
-            self._perturbed_params.extend(params)
-
+            self._first_pass_finite = False
+            return True
+        if self._keeps_first_gradient:
+            record = []
+            for step_group in groups:
+                params = step_group.params
+                kept = self._buffers_for(self._first_gradient_buffers, params)
+                torch._foreach_copy_(kept, [p.grad for p in params])
+                if inverse_scale != 1.0:
+                    torch._foreach_mul_(kept, inverse_scale)
+                record.append((step_group.group, params, kept))
+            self._step_record = record
         if zero_grad:
             self.zero_grad()
-
-    def _weight_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        # Allocated once per parameter and reused, so a step allocates nothing persistent.
-        buffers = []
-        for p in params:
-            buffer = self._saved_weights.get(p)
-            if buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype:
-                buffer = self._saved_weights[p] = torch.empty_like(p)
-            buffers.append(buffer)
-        return buffers
+        return True
 
     @torch.no_grad()
-    def _restore(self) -> None:
+    def _return_to_w(self) -> bool:
+        """Put the weights back at :math:`w` once per step; whether the base step is due."""
+        if self._returned_to_w:
+            return self._base_step_due
         params = self._perturbed_params
         if params:
             torch._foreach_copy_(params, [self._saved_weights[p] for p in params])
         self._perturbed_params = []
-        self._pending = False
+        for p, grad in self._stashed_gradients:
+            if p.grad is None:
+                p.grad = grad
+        self._stashed_gradients = []
+        self._returned_to_w = True
+        self._base_step_due = self._completes_step()
+        return self._base_step_due
 
     def second_step(
         self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None
@@ -330,36 +572,63 @@ class SAM(Optimizer):
         """
         if not self._pending:
             raise RuntimeError("second_step() called without a preceding first_step()")
-        if grad_scaler is None:
+        if not self._return_to_w():
+            self._pending = False
+            self.skipped_last_step = True
+        elif grad_scaler is None:
             self.step()
         else:
-            self._restore()
             self.skipped_last_step = True
-            self._scaler_may_step = True
             try:
                 grad_scaler.step(self)
             finally:
-                self._scaler_may_step = False
+                if self._pending:  # the scaler skipped: step() never ran
+                    self._pending = False
+                    self._step_skipped()
         if zero_grad:
             self.zero_grad()
 
+    def _step_groups(self) -> list[StepGroup]:
+        groups = []
+        for group, params, kept in self._step_record:
+            if kept is None:
+                present = [p for p in params if p.grad is not None]
+                groups.append(StepGroup(group, present))
+            else:
+                pairs = [(p, k) for p, k in zip(params, kept) if p.grad is not None]
+                groups.append(StepGroup(group, [p for p, _ in pairs], [k for _, k in pairs]))
+        return groups
+
     def _complete_step(self) -> None:
-        if not (self._pending or self._scaler_may_step):
+        if not self._pending:
             raise RuntimeError(
                 "SAM.step() needs a closure, or a first_step() for it to complete; for a plain "
                 "base step use optimizer.base_optimizer.step()"
             )
-        self._restore()
+        if not self._return_to_w():
+            self._pending = False
+            self.skipped_last_step = True
+            return
+        groups = self._step_groups()
+        if self._first_pass_finite:
+            with torch.no_grad():
+                self._descent_gradients(groups)
         self.base_optimizer.step()
+        if self._first_pass_finite:
+            with torch.no_grad():
+                self._after_base_step(groups)
         self.skipped_last_step = False
+        self._pending = False
+        self._step_record = []
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """One full SAM step.
 
         Args:
             closure: zeroes the gradients, runs the forward and backward passes and returns the
-                loss. It is called twice: at :math:`w` and at :math:`w + e`. Without a closure,
-                ``step()`` completes a pending ``first_step``.
+                loss. It is called twice: at :math:`w` and at :math:`w + e` (once on a
+                single-pass step). Without a closure, ``step()`` completes a pending
+                ``first_step``.
 
         Returns:
             The loss at :math:`w` returned by the first closure call, or ``None`` without one.
@@ -371,16 +640,22 @@ class SAM(Optimizer):
             self._complete_step()
             return None
         closure = torch.enable_grad()(closure)
-        loss = closure()
-        self.first_step(zero_grad=True)
-        closure()
+        loss = self._first_pass(closure)
+        if self.first_step(zero_grad=True):
+            closure()
         self._complete_step()
         return loss
 
     def state_dict(self) -> dict[str, Any]:
-        """The SAM groups plus the base optimizer's full state under ``"base_optimizer"``."""
+        """The SAM groups plus the base optimizer's full state under ``"base_optimizer"``.
+
+        A variant's own counters and generators come under ``"variant"``.
+        """
         state = super().state_dict()
         state["base_optimizer"] = self.base_optimizer.state_dict()
+        variant = self._variant_state()
+        if variant is not None:
+            state["variant"] = {"optimizer": type(self).__name__, **variant}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -389,11 +664,21 @@ class SAM(Optimizer):
             raise ValueError(
                 "state_dict has no 'base_optimizer' entry; it was not saved by SAM.state_dict()"
             )
+        name = type(self).__name__
+        variant = state_dict.get("variant")
+        saved_by = "SAM" if variant is None else variant.get("optimizer")
+        if (variant is None) != (self._variant_state() is None) or (
+            variant is not None and saved_by != name
+        ):
+            raise ValueError(f"state_dict was saved by {saved_by}, not by {name}")
         state_dict = dict(state_dict)
         base_state = state_dict.pop("base_optimizer")
+        state_dict.pop("variant", None)
         super().load_state_dict(state_dict)
         self.base_optimizer.load_state_dict(base_state)
         self.base_optimizer.param_groups = self.param_groups
+        if variant is not None:
+            self._load_variant_state({k: v for k, v in variant.items() if k != "optimizer"})
 
 
 class USAM(SAM):
@@ -417,21 +702,77 @@ class USAM(SAM):
 
 
 class ASAM(SAM):
-    r"""Adaptive SAM: ``SAM(..., adaptive=True)``, :math:`e = \rho\,|w|^2 g/\lVert |w|\,g\rVert`.
+    r"""Adaptive SAM: ``SAM(..., adaptive=True)``, :math:`e = \rho\,T^2 g/\lVert T g\rVert`.
 
-    Kwon et al. (ICML 2021) use much larger radii than SAM (0.5 and more in their CIFAR runs).
-    Their operator is :math:`T = \operatorname{diag}(|w| + \eta)`; here :math:`\eta = 0`, so
-    coordinates with :math:`w = 0` are never perturbed. See :class:`SAM` for the arguments.
+    Kwon et al. (ICML 2021) define the operator :math:`T = \operatorname{diag}(|w| + \eta)` and
+    use much larger radii than SAM (0.5 and more in their CIFAR runs). Two conventions:
+
+    * samhess's default, ``eta=0`` on every parameter: :math:`T = \operatorname{diag}(|w|)`,
+      so a coordinate with :math:`w = 0` (a zero-initialized bias, a normalization layer's
+      shift) is never perturbed;
+    * the official code's, ``eta=0.01, weights_only=True``: :math:`T = |w| + \eta` on the
+      parameters whose name contains ``"weight"`` (normalization layers' scales included) and
+      :math:`T = 1` on all others (biases), which are perturbed like SAM's. Telling them apart
+      needs names: build the optimizer from ``model.named_parameters()``.
+
+    Groups with ``adaptive=False`` keep :math:`T = 1` in both conventions.
+
+    First order:
+        With an SGD base, :math:`\Delta w = -\mathrm{lr}\,\bigl(g + \rho\, H T^2 g /
+        \lVert T g\rVert\bigr)` (without the norm for ``normalize=False``).
+
+    Args:
+        params: as for :class:`SAM`; named parameters (``model.named_parameters()``) when
+            ``weights_only`` is set.
+        base_optimizer: as for :class:`SAM`.
+        rho: neighbourhood radius (>= 0).
+        normalize: divide by :math:`\lVert T g \rVert`.
+        eta: the offset :math:`\eta \ge 0` of :math:`T`.
+        weights_only: scale only parameters whose name contains ``"weight"``.
+        **base_kwargs: keyword arguments of ``base_optimizer``.
+
+    Raises:
+        ValueError: if ``weights_only`` is set and a parameter group has no names.
     """
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Any]],
         base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         normalize: bool = True,
+        eta: float = 0.0,
+        weights_only: bool = False,
         **base_kwargs: Any,
     ) -> None:
+        self.eta = check_nonnegative("eta", eta)
+        self.weights_only = check_bool("weights_only", weights_only)
         super().__init__(
             params, base_optimizer, rho=rho, adaptive=True, normalize=normalize, **base_kwargs
         )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; with ``weights_only`` it must name its parameters."""
+        super().add_param_group(param_group)
+        if self.weights_only and "param_names" not in self.param_groups[-1]:
+            raise ValueError(
+                "weights_only=True tells weights from biases by parameter name: build ASAM from "
+                "model.named_parameters() (or groups of (name, parameter) pairs)"
+            )
+
+    def _scaling(
+        self, group: dict[str, Any], params: list[torch.Tensor]
+    ) -> list[torch.Tensor | None] | None:
+        if not group["adaptive"]:
+            return None
+        if self.weights_only:
+            names = dict(zip(map(id, group["params"]), group["param_names"]))
+            scaled = ["weight" in names[id(p)] for p in params]
+        else:
+            scaled = [True] * len(params)
+        chosen = [p for p, keep in zip(params, scaled) if keep]
+        scales = torch._foreach_abs(chosen) if chosen else []
+        if self.eta and scales:
+            torch._foreach_add_(scales, self.eta)
+        remaining = iter(scales)
+        return [next(remaining) if keep else None for keep in scaled]
