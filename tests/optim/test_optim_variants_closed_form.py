@@ -617,3 +617,72 @@ def test_ire_over_bsam_closure(make_shifted, quadratic_problem, shifts):
     optimizer.update_mask([torch.zeros(2, 2), torch.tensor([0.0, 1.0, 1.0])])
     weights = run_closure(model, optimizer, shifts)
     assert_moved_and_close(weights, expected, start)
+
+
+# -- the docstrings' first-order steps ------------------------------------------------------------
+
+
+def test_first_order_steps_are_exact_on_a_quadratic(make_shifted, quadratic_problem):
+    """On a quadratic, grad L(w + e) = g + H e exactly, so the docstrings' first-order steps
+    (SGD base) hold to rounding for the variants whose formula is linear in e."""
+    from samhess.optim import SAM, USAM
+
+    matrix, start = quadratic_problem
+    lr, gamma = 0.05, 0.8
+    g = matrix @ start
+    norm = np.linalg.norm(g)
+    t = np.abs(start) + 0.01
+    predicted = {
+        "sam": start - lr * (g + RHO * matrix @ g / norm),
+        "usam": start - lr * (g + RHO * matrix @ g),
+        "asam": start - lr * (g + RHO * matrix @ (t * t * g) / np.linalg.norm(t * g)),
+        "wsam": start - lr * (g + gamma / (1 - gamma) * RHO * matrix @ g / norm),
+    }
+    builders = {
+        "sam": lambda p: SAM(p, torch.optim.SGD, rho=RHO, lr=lr),
+        "usam": lambda p: USAM(p, torch.optim.SGD, rho=RHO, lr=lr),
+        "asam": lambda p: ASAM(p, torch.optim.SGD, rho=RHO, eta=0.01, lr=lr),
+        "wsam": lambda p: WSAM(p, torch.optim.SGD, rho=RHO, gamma=gamma, lr=lr),
+    }
+    for name, build in builders.items():
+        model = make_shifted()
+        weights = run_closure(model, build(model.parameters()), np.zeros((1, 7)))
+        np.testing.assert_allclose(weights, predicted[name], rtol=0, atol=1e-13, err_msg=name)
+
+
+def test_msam_first_order_step_is_exact_on_quadratics(micro_batch_problem):
+    matrices, offsets, start = micro_batch_problem
+    lr = 0.05
+    predicted = start.copy()
+    for a, b in zip(matrices, offsets):
+        g_i = a @ start + b
+        predicted -= lr / 4 * (g_i + RHO * a @ g_i / np.linalg.norm(g_i))
+    model = MicroBatchQuadratics(matrices, offsets, start)
+    optimizer = MSAM(model.parameters(), torch.optim.SGD, rho=RHO, m=4, lr=lr)
+
+    def closure(index):
+        optimizer.zero_grad()
+        loss = model(index)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    np.testing.assert_allclose(model.w.detach().numpy(), predicted, rtol=0, atol=1e-13)
+
+
+def test_looksam_reuse_step_first_order(make_shifted, quadratic_problem):
+    """A reuse step right after the SAM step at the same point: g_v = rho (I - u u^T) H g/||g||
+    exactly on a quadratic, so the step adds alpha ||g|| along that direction's unit vector."""
+    matrix, start = quadratic_problem
+    model = make_shifted()
+    optimizer = LookSAM(model.parameters(), torch.optim.SGD, rho=RHO, k=2, alpha=0.7, lr=0.0)
+    run_two_step(model, optimizer, np.zeros((1, 7)))  # t = 0 at lr 0: stores g_v, stays at w
+    optimizer.param_groups[0]["lr"] = 0.05
+    weights, passes = run_two_step(model, optimizer, np.zeros((1, 7)))
+    g = matrix @ start
+    unit = g / np.linalg.norm(g)
+    orthogonal = matrix @ g - (unit @ matrix @ g) * unit
+    predicted = start - 0.05 * (g + 0.7 * np.linalg.norm(g) * orthogonal
+                                / np.linalg.norm(orthogonal))
+    assert passes == 1
+    np.testing.assert_allclose(weights, predicted, rtol=0, atol=1e-13)
