@@ -1,12 +1,21 @@
-"""Cost of SAM and IRE relative to their base optimizers, from one run on one model and batch.
+"""Cost of SAM, its variants and IRE relative to their bases, from one run on one model and batch.
 
 Every configuration trains the same small CNN with BatchNorm on the same batch; a "step" is the
 whole training step (forward, backward, optimizer), since that is what SAM doubles. Steps are
-timed in windows of ``--refresh-every`` steps (CPU: process CPU time on one thread, so that
-other processes' load does not enter; CUDA: wall time between synchronizations), the
-configurations taking turns window by window; each window holds exactly one IRE mask
-refresh, so its mean is the amortized cost of a step with "refresh every k". The table gives
-medians over windows.
+timed one by one (CPU: process CPU time on one thread, so that other processes' load does not
+enter; CUDA: wall time between synchronizations), the configurations taking turns window by
+window of ``--refresh-every`` steps; each window holds exactly one IRE mask refresh and, with
+``--refresh-every`` a multiple of 5, exactly two of LookSAM's (k = 5) SAM steps, so a window's
+mean is the amortized cost of a step. The table gives medians over windows.
+
+Bases and targets (the optimizers issue): the two-pass optimizers (SAM, USAM, ASAM, GSAM, WSAM,
+FriendlySAM, BSAM) against SGD, at most 2.05x; LookSAM (k = 5) against SGD, at most 1.3x; MSAM
+(m = 4) against SGD accumulating the gradient over the same 4 micro-batches ("SGD/4"), at most
+2.05x; IRE against SGD and SAM-IRE against SAM, at most 1.10x. RST (p = 0.5) against the mix
+(1 - p) SGD + p SAM, at most 1.05x: its SAM steps and its base steps are timed apart, and its
+cost at probability p is (1 - p) x median(base steps) + p x median(SAM steps), which leaves out
+how many SAM steps the draws happened to give; the median over windows (draws included) is
+printed beside it.
 
 IRE refreshes its mask from ``samhess.curvature.fisher_diagonal`` (sampled-label Fisher
 diagonal, one sample) when that module is importable; otherwise from a stand-in of the same
@@ -20,7 +29,7 @@ Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the torch profi
 the model and optimizer and taking three steps (the batch is allocated before). Both count
 parameters, gradients, optimizer state and activations.
 
-Run: ``python benchmarks/bench_optim.py`` (about a minute on one CPU thread).
+Run: ``python benchmarks/bench_optim.py`` (a few minutes on one CPU thread).
 """
 
 from __future__ import annotations
@@ -32,14 +41,82 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from samhess.optim import IRE, SAM, disable_running_stats
+from samhess.optim import (
+    ASAM,
+    BSAM,
+    GSAM,
+    IRE,
+    MSAM,
+    RST,
+    SAM,
+    USAM,
+    WSAM,
+    FriendlySAM,
+    LookSAM,
+    disable_running_stats,
+)
 
-SAM_TARGET = 2.05
+TWO_PASS_TARGET = 2.05
+LOOKSAM_TARGET = 1.30
+RST_TARGET = 1.05
 IRE_TARGET = 1.10
+RST_PROBABILITY = 0.5
+MICRO_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """An optimizer of the table: how to build it, its base and its target ratio."""
+
+    build: Callable[[list[nn.Parameter], int], torch.optim.Optimizer]
+    base: str | None
+    target: float | None
+
+
+def _sgd_kwargs() -> dict:
+    return dict(lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+def _ire(inner: torch.optim.Optimizer, refresh_every: int) -> IRE:
+    return IRE(inner, kappa=1.0, gamma=0.6, refresh_every=refresh_every)
+
+
+CONFIGURATIONS: dict[str, Configuration] = {
+    "SGD": Configuration(lambda p, r: torch.optim.SGD(p, **_sgd_kwargs()), None, None),
+    "SAM": Configuration(lambda p, r: SAM(p, torch.optim.SGD, rho=0.05, **_sgd_kwargs()),
+                         "SGD", TWO_PASS_TARGET),
+    "USAM": Configuration(lambda p, r: USAM(p, torch.optim.SGD, rho=0.05, **_sgd_kwargs()),
+                          "SGD", TWO_PASS_TARGET),
+    "ASAM": Configuration(lambda p, r: ASAM(p, torch.optim.SGD, rho=0.5, **_sgd_kwargs()),
+                          "SGD", TWO_PASS_TARGET),
+    "GSAM": Configuration(lambda p, r: GSAM(p, torch.optim.SGD, rho=0.05, alpha=0.4,
+                                            **_sgd_kwargs()), "SGD", TWO_PASS_TARGET),
+    "WSAM": Configuration(lambda p, r: WSAM(p, torch.optim.SGD, rho=0.05, gamma=0.9,
+                                            **_sgd_kwargs()), "SGD", TWO_PASS_TARGET),
+    "FriendlySAM": Configuration(lambda p, r: FriendlySAM(p, torch.optim.SGD, rho=0.05,
+                                                          **_sgd_kwargs()),
+                                 "SGD", TWO_PASS_TARGET),
+    "LookSAM": Configuration(lambda p, r: LookSAM(p, torch.optim.SGD, rho=0.05, k=5,
+                                                  **_sgd_kwargs()), "SGD", LOOKSAM_TARGET),
+    "RST": Configuration(lambda p, r: RST(p, torch.optim.SGD, rho=0.05, p=RST_PROBABILITY,
+                                          seed=0, **_sgd_kwargs()), "mix", RST_TARGET),
+    "BSAM": Configuration(lambda p, r: BSAM(p, num_data=50_000, lr=0.05, seed=0),
+                          "SGD", TWO_PASS_TARGET),
+    "SGD/4": Configuration(lambda p, r: torch.optim.SGD(p, **_sgd_kwargs()), None, None),
+    "MSAM": Configuration(lambda p, r: MSAM(p, torch.optim.SGD, rho=0.05, m=MICRO_BATCHES,
+                                            **_sgd_kwargs()), "SGD/4", TWO_PASS_TARGET),
+    "IRE": Configuration(lambda p, r: _ire(torch.optim.SGD(p, **_sgd_kwargs()), r),
+                         "SGD", IRE_TARGET),
+    "IRE/4": Configuration(lambda p, r: _ire(torch.optim.SGD(p, **_sgd_kwargs()), r),
+                           "SGD", IRE_TARGET),
+    "SAM-IRE": Configuration(lambda p, r: _ire(SAM(p, torch.optim.SGD, rho=0.05,
+                                                   **_sgd_kwargs()), r), "SAM", IRE_TARGET),
+}
 
 
 def small_cnn(seed: int = 0) -> nn.Module:
@@ -91,42 +168,57 @@ class Trainer:
                  make_model: Callable[[], nn.Module] = small_cnn) -> None:
         self.name, self.batch, self.estimate = name, batch, estimate
         # "IRE/4": the mask refresh estimates the diagonal on a quarter of the batch
-        self.refresh_batch = batch if not name.endswith("/4") else tuple(
+        self.refresh_batch = batch if name != "IRE/4" else tuple(
             t[: max(1, len(t) // 4)] for t in batch)
-        name = name.removesuffix("/4")
         device = batch[0].device
         self.model = make_model().to(device)
         self.loss_fn = nn.CrossEntropyLoss()
-        params = self.model.parameters()
-        sgd = dict(lr=0.05, momentum=0.9, weight_decay=5e-4)
-        if name == "SGD":
-            self.optimizer = torch.optim.SGD(params, **sgd)
-        elif name == "SAM":
-            self.optimizer = SAM(params, torch.optim.SGD, rho=0.05, **sgd)
-        elif name == "IRE":
-            self.optimizer = IRE(torch.optim.SGD(params, **sgd), kappa=1.0, gamma=0.6,
-                                 refresh_every=refresh_every)
-        elif name == "SAM-IRE":
-            self.optimizer = IRE(SAM(params, torch.optim.SGD, rho=0.05, **sgd), kappa=1.0,
-                                 gamma=0.6, refresh_every=refresh_every)
-        else:
-            raise ValueError(name)
-        self.two_pass = name in ("SAM", "SAM-IRE")
+        self.optimizer = CONFIGURATIONS[name].build(list(self.model.parameters()), refresh_every)
+        inner = self.optimizer.optimizer if isinstance(self.optimizer, IRE) else self.optimizer
+        self.inner = inner
+        self.micro_batches = MICRO_BATCHES if name in ("SGD/4", "MSAM") else 1
 
-    def step(self) -> None:
-        model, loss_fn, optimizer = self.model, self.loss_fn, self.optimizer
+    def _loss(self, index: int | None = None) -> torch.Tensor:
         x, y = self.batch
+        if index is not None:
+            x, y = x.chunk(self.micro_batches)[index], y.chunk(self.micro_batches)[index]
+        return self.loss_fn(self.model(x), y)
+
+    def _second_pass(self, index: int | None = None) -> None:
+        with disable_running_stats(self.model):
+            self._loss(index).backward()
+
+    def step(self) -> bool:
+        """One training step; whether it took two forward-backward passes per (micro-)batch."""
+        optimizer, inner = self.optimizer, self.inner
         if isinstance(optimizer, IRE) and optimizer.needs_refresh():
-            optimizer.update_mask(self.estimate(model, loss_fn, self.refresh_batch))
-        loss_fn(model(x), y).backward()
-        if self.two_pass:
-            optimizer.first_step(zero_grad=True)
-            with disable_running_stats(model):
-                loss_fn(model(x), y).backward()
-            optimizer.second_step(zero_grad=True)
-        else:
+            optimizer.update_mask(self.estimate(self.model, self.loss_fn, self.refresh_batch))
+        if isinstance(inner, MSAM):
+            for index in range(self.micro_batches):
+                self._loss(index).backward()
+                optimizer.first_step(zero_grad=True)
+                self._second_pass(index)
+                optimizer.second_step(zero_grad=True)
+            return True
+        if not isinstance(inner, SAM):
+            for index in range(self.micro_batches):
+                if self.micro_batches == 1:
+                    self._loss().backward()
+                else:
+                    (self._loss(index) / self.micro_batches).backward()
             optimizer.step()
             optimizer.zero_grad()
+            return False
+        if isinstance(inner, BSAM):
+            with inner.noisy_weights():
+                self._loss().backward()
+        else:
+            self._loss().backward()
+        two_pass = optimizer.first_step(zero_grad=True)
+        if two_pass:
+            self._second_pass()
+        optimizer.second_step(zero_grad=True)
+        return two_pass
 
 
 def synchronize(device: torch.device) -> None:
@@ -177,6 +269,21 @@ def peak_memory(name: str, batch, estimate: Callable, refresh_every: int,
     return peak
 
 
+def ratio_rows(names: list[str], median: dict[str, float], rst_cost: float | None,
+               rst_mix: float | None) -> dict[str, float | None]:
+    """Each configuration's step time over its base's (RST: its cost at p over the mix)."""
+    ratios: dict[str, float | None] = {}
+    for name in names:
+        base = CONFIGURATIONS[name].base
+        if base is None:
+            ratios[name] = None
+        elif base == "mix":
+            ratios[name] = None if rst_cost is None else rst_cost / rst_mix
+        else:
+            ratios[name] = median[name] / median[base]
+    return ratios
+
+
 def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] = small_cnn,
          model_name: str = "CNN") -> int:
     """Run the benchmark; ``make_model`` builds each configuration's model (``model_name`` labels
@@ -188,15 +295,26 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
     parser.add_argument("--refresh-every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: ratios stay stable on a shared machine)")
+    parser.add_argument("--optimizers", default=",".join(CONFIGURATIONS),
+                        help="comma-separated configurations (default: all); each one's base "
+                             "is added")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    requested = [name.strip() for name in args.optimizers.split(",") if name.strip()]
+    unknown = [name for name in requested if name not in CONFIGURATIONS]
+    if unknown:
+        parser.error(f"unknown optimizers {unknown}; choose from {', '.join(CONFIGURATIONS)}")
+    wanted = set(requested)
+    for name in requested:
+        base = CONFIGURATIONS[name].base
+        wanted.update(("SGD", "SAM") if base == "mix" else () if base is None else (base,))
+    names = [name for name in CONFIGURATIONS if name in wanted]
 
     generator = torch.Generator().manual_seed(0)
     batch = (torch.randn(args.batch_size, 3, 32, 32, generator=generator).to(device),
              torch.randint(0, 10, (args.batch_size,), generator=generator).to(device))
     estimate, estimate_source = diagonal_estimator()
-    names = ["SGD", "SAM", "IRE", "IRE/4", "SAM-IRE"]
     trainers = {name: Trainer(name, batch, estimate, args.refresh_every, make_model)
                 for name in names}
 
@@ -207,50 +325,76 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
     # touches (one thread, so it equals compute time); CUDA: wall time between synchronizations.
     clock = time.process_time if device.type == "cpu" else time.perf_counter
     window_means: dict[str, list[float]] = {name: [] for name in names}
+    rst_steps: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(args.windows):
         for name, trainer in trainers.items():
-            synchronize(device)
-            start = clock()
+            total = 0.0
             for _ in range(args.refresh_every):
-                trainer.step()
-            synchronize(device)
-            window_means[name].append((clock() - start) / args.refresh_every)
+                synchronize(device)
+                start = clock()
+                two_pass = trainer.step()
+                synchronize(device)
+                elapsed = clock() - start
+                total += elapsed
+                if name == "RST":
+                    rst_steps[two_pass].append(elapsed)
+            window_means[name].append(total / args.refresh_every)
     median = {name: statistics.median(times) for name, times in window_means.items()}
     memory = {name: peak_memory(name, batch, estimate, args.refresh_every, make_model)
               for name in names}
+    rst_cost = rst_mix = None
+    if "RST" in names:
+        p = RST_PROBABILITY
+        if rst_steps[True] and rst_steps[False]:
+            rst_cost = ((1 - p) * statistics.median(rst_steps[False])
+                        + p * statistics.median(rst_steps[True]))
+        rst_mix = (1 - p) * median["SGD"] + p * median["SAM"]
+    ratios = ratio_rows(names, median, rst_cost, rst_mix)
 
-    ratios = {
-        "SGD": ("-", None),
-        "SAM": (median["SAM"] / median["SGD"], SAM_TARGET),
-        "IRE": (median["IRE"] / median["SGD"], IRE_TARGET),
-        "IRE/4": (median["IRE/4"] / median["SGD"], IRE_TARGET),
-        "SAM-IRE": (median["SAM-IRE"] / median["SAM"], IRE_TARGET),
-    }
-    bases = {"SGD": "-", "SAM": "SGD", "IRE": "SGD", "IRE/4": "SGD", "SAM-IRE": "SAM"}
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
-    parameters = sum(p.numel() for p in trainers["SGD"].model.parameters())
+    parameters = sum(p.numel() for p in trainers[names[0]].model.parameters())
     print(f"device {device}, torch {torch.__version__}, threads {threads}, batch "
           f"{args.batch_size}x3x32x32, {model_name} with {parameters} parameters, "
           f"{args.windows} windows of {args.refresh_every} steps per configuration")
-    print(f"IRE diagonal: {estimate_source}; refresh every {args.refresh_every} steps, "
-          "included in the IRE timings; IRE/4 estimates it on a quarter of the batch")
+    if any(name.startswith("IRE") or name.endswith("IRE") for name in names):
+        print(f"IRE diagonal: {estimate_source}; refresh every {args.refresh_every} steps, "
+              "included in the IRE timings; IRE/4 estimates it on a quarter of the batch")
     print("time: " + ("process CPU time (time.process_time)" if device.type == "cpu"
                       else "wall time between CUDA synchronizations")
           + "; memory: " + ("torch.cuda.max_memory_allocated" if device.type == "cuda"
                             else "torch.profiler (profile_memory=True) peak of live tensors"))
+    print(f"settings: SGD lr 0.05, momentum 0.9, weight decay 5e-4 under every SGD-based "
+          f"optimizer; rho 0.05 (ASAM 0.5, BSAM 0.01); LookSAM k=5; RST p={RST_PROBABILITY}; "
+          f"MSAM and SGD/4 over {MICRO_BATCHES} micro-batches of the batch")
     print()
     print("| optimizer | median step (ms) | base | ratio to base | target | peak memory (MiB) "
           "| memory ratio to base |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for name in names:
-        ratio, target = ratios[name]
-        base = bases[name]
-        ratio_text = "-" if target is None else f"{ratio:.3f}"
-        verdict = "met" if target is not None and ratio <= target else "missed"
-        target_text = "-" if target is None else f"<= {target:.2f} ({verdict})"
-        memory_ratio = "-" if base == "-" else f"{memory[name] / memory[base]:.3f}"
-        print(f"| {name} | {1e3 * median[name]:.2f} | {base} | {ratio_text} | {target_text} | "
-              f"{memory[name] / 2**20:.2f} | {memory_ratio} |")
+        configuration = CONFIGURATIONS[name]
+        base, target, ratio = configuration.base, configuration.target, ratios[name]
+        base_text = "-" if base is None else (
+            f"{1 - RST_PROBABILITY:g} SGD + {RST_PROBABILITY:g} SAM" if base == "mix" else base)
+        if target is None:
+            ratio_text = target_text = "-"
+        elif ratio is None:
+            ratio_text, target_text = "n/a", f"<= {target:.2f} (not measured)"
+        else:
+            verdict = "met" if ratio <= target else "missed"
+            ratio_text, target_text = f"{ratio:.3f}", f"<= {target:.2f} ({verdict})"
+        memory_base = "SGD" if base == "mix" else base
+        memory_ratio = "-" if base is None else f"{memory[name] / memory[memory_base]:.3f}"
+        print(f"| {name} | {1e3 * median[name]:.2f} | {base_text} | {ratio_text} | "
+              f"{target_text} | {memory[name] / 2**20:.2f} | {memory_ratio} |")
+    if "RST" in names:
+        def summary(times: list[float]) -> str:
+            return f"{len(times)} (median {1e3 * statistics.median(times):.2f} ms)" if times \
+                else "0"
+
+        print()
+        print(f"RST: {summary(rst_steps[True])} SAM steps and {summary(rst_steps[False])} base "
+              "steps drawn in the timed windows; median window over the mix, draws included: "
+              f"{median['RST'] / rst_mix:.3f}")
     return 0
 
 
