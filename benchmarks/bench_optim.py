@@ -6,7 +6,10 @@ timed one by one (CPU: process CPU time on one thread, so that other processes' 
 enter; CUDA: wall time between synchronizations), the configurations taking turns window by
 window of ``--refresh-every`` steps; each window holds exactly one IRE mask refresh and, with
 ``--refresh-every`` a multiple of 5, exactly two of LookSAM's (k = 5) SAM steps, so a window's
-mean is the amortized cost of a step. The table gives medians over windows.
+mean is the amortized cost of a step. The table gives medians over windows, of the whole step
+and of the optimizer's own work in it (everything but the training loss's forward and backward
+passes: the optimizer's calls, BSAM's noise, IRE's mask refresh), which shows what an
+optimizer adds beyond its passes even when other processes' load blurs the ratios.
 
 Bases and targets (the optimizers issue): the two-pass optimizers (SAM, USAM, ASAM, GSAM, WSAM,
 FriendlySAM, BSAM) against SGD, at most 2.05x; LookSAM (k = 5) against SGD, at most 1.3x; MSAM
@@ -162,7 +165,12 @@ def diagonal_estimator() -> tuple[Callable, str]:
 
 
 class Trainer:
-    """One configuration: a fresh model (``make_model()``) and optimizer, and its training step."""
+    """One configuration: a fresh model (``make_model()``) and optimizer, and its training step.
+
+    ``own_time`` accumulates the time spent outside the training loss's forward and backward
+    passes: the optimizer's calls, BSAM's noise and IRE's mask refresh (its curvature estimate
+    included).
+    """
 
     def __init__(self, name: str, batch, estimate: Callable, refresh_every: int,
                  make_model: Callable[[], nn.Module] = small_cnn) -> None:
@@ -170,13 +178,23 @@ class Trainer:
         # "IRE/4": the mask refresh estimates the diagonal on a quarter of the batch
         self.refresh_batch = batch if name != "IRE/4" else tuple(
             t[: max(1, len(t) // 4)] for t in batch)
-        device = batch[0].device
-        self.model = make_model().to(device)
+        self.device = batch[0].device
+        self.model = make_model().to(self.device)
         self.loss_fn = nn.CrossEntropyLoss()
         self.optimizer = CONFIGURATIONS[name].build(list(self.model.parameters()), refresh_every)
         inner = self.optimizer.optimizer if isinstance(self.optimizer, IRE) else self.optimizer
         self.inner = inner
         self.micro_batches = MICRO_BATCHES if name in ("SGD/4", "MSAM") else 1
+        self.clock = time.process_time if self.device.type == "cpu" else time.perf_counter
+        self.own_time = 0.0
+
+    def _own(self, call: Callable, *args, **kwargs):
+        synchronize(self.device)
+        start = self.clock()
+        result = call(*args, **kwargs)
+        synchronize(self.device)
+        self.own_time += self.clock() - start
+        return result
 
     def _loss(self, index: int | None = None) -> torch.Tensor:
         x, y = self.batch
@@ -188,17 +206,20 @@ class Trainer:
         with disable_running_stats(self.model):
             self._loss(index).backward()
 
+    def _refresh(self) -> None:
+        self.optimizer.update_mask(self.estimate(self.model, self.loss_fn, self.refresh_batch))
+
     def step(self) -> bool:
         """One training step; whether it took two forward-backward passes per (micro-)batch."""
         optimizer, inner = self.optimizer, self.inner
         if isinstance(optimizer, IRE) and optimizer.needs_refresh():
-            optimizer.update_mask(self.estimate(self.model, self.loss_fn, self.refresh_batch))
+            self._own(self._refresh)
         if isinstance(inner, MSAM):
             for index in range(self.micro_batches):
                 self._loss(index).backward()
-                optimizer.first_step(zero_grad=True)
+                self._own(optimizer.first_step, zero_grad=True)
                 self._second_pass(index)
-                optimizer.second_step(zero_grad=True)
+                self._own(optimizer.second_step, zero_grad=True)
             return True
         if not isinstance(inner, SAM):
             for index in range(self.micro_batches):
@@ -206,18 +227,20 @@ class Trainer:
                     self._loss().backward()
                 else:
                     (self._loss(index) / self.micro_batches).backward()
-            optimizer.step()
-            optimizer.zero_grad()
+            self._own(optimizer.step)
+            self._own(optimizer.zero_grad)
             return False
         if isinstance(inner, BSAM):
-            with inner.noisy_weights():
-                self._loss().backward()
+            noise = inner.noisy_weights()
+            self._own(noise.__enter__)
+            self._loss().backward()
+            self._own(noise.__exit__, None, None, None)
         else:
             self._loss().backward()
-        two_pass = optimizer.first_step(zero_grad=True)
+        two_pass = self._own(optimizer.first_step, zero_grad=True)
         if two_pass:
             self._second_pass()
-        optimizer.second_step(zero_grad=True)
+        self._own(optimizer.second_step, zero_grad=True)
         return two_pass
 
 
@@ -325,10 +348,12 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
     # touches (one thread, so it equals compute time); CUDA: wall time between synchronizations.
     clock = time.process_time if device.type == "cpu" else time.perf_counter
     window_means: dict[str, list[float]] = {name: [] for name in names}
+    own_means: dict[str, list[float]] = {name: [] for name in names}
     rst_steps: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(args.windows):
         for name, trainer in trainers.items():
             total = 0.0
+            trainer.own_time = 0.0
             for _ in range(args.refresh_every):
                 synchronize(device)
                 start = clock()
@@ -339,7 +364,9 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
                 if name == "RST":
                     rst_steps[two_pass].append(elapsed)
             window_means[name].append(total / args.refresh_every)
+            own_means[name].append(trainer.own_time / args.refresh_every)
     median = {name: statistics.median(times) for name, times in window_means.items()}
+    own = {name: statistics.median(times) for name, times in own_means.items()}
     memory = {name: peak_memory(name, batch, estimate, args.refresh_every, make_model)
               for name in names}
     rst_cost = rst_mix = None
@@ -367,9 +394,9 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
           f"optimizer; rho 0.05 (ASAM 0.5, BSAM 0.01); LookSAM k=5; RST p={RST_PROBABILITY}; "
           f"MSAM and SGD/4 over {MICRO_BATCHES} micro-batches of the batch")
     print()
-    print("| optimizer | median step (ms) | base | ratio to base | target | peak memory (MiB) "
-          "| memory ratio to base |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    print("| optimizer | median step (ms) | own work (ms) | base | ratio to base | target "
+          "| peak memory (MiB) | memory ratio to base |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for name in names:
         configuration = CONFIGURATIONS[name]
         base, target, ratio = configuration.base, configuration.target, ratios[name]
@@ -384,7 +411,8 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
             ratio_text, target_text = f"{ratio:.3f}", f"<= {target:.2f} ({verdict})"
         memory_base = "SGD" if base == "mix" else base
         memory_ratio = "-" if base is None else f"{memory[name] / memory[memory_base]:.3f}"
-        print(f"| {name} | {1e3 * median[name]:.2f} | {base_text} | {ratio_text} | "
+        print(f"| {name} | {1e3 * median[name]:.2f} | {1e3 * own[name]:.2f} | {base_text} | "
+              f"{ratio_text} | "
               f"{target_text} | {memory[name] / 2**20:.2f} | {memory_ratio} |")
     if "RST" in names:
         def summary(times: list[float]) -> str:
