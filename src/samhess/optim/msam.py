@@ -129,27 +129,30 @@ class MSAM(SAM):
     @torch.no_grad()
     def _completes_step(self) -> bool:
         self._micro_batches_done += 1
-        params = [p for group in self.param_groups for p in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]
+                  if p.grad is not None]
         if self._micro_batches_done < self.m:
+            old = [p for p in params if p in self._summed]
+            new = [p for p in params if p not in self._summed]
+            if old:
+                torch._foreach_add_([self._sums[p] for p in old], [p.grad for p in old])
+            if new:
+                torch._foreach_copy_(self._buffers_for(self._sums, new), [p.grad for p in new])
+                self._summed.update(new)
             for p in params:
-                if p.grad is None:
-                    continue
-                total = self._buffers_for(self._sums, [p])[0]
-                if p in self._summed:
-                    total.add_(p.grad)
-                else:
-                    total.copy_(p.grad)
-                    self._summed.add(p)
                 p.grad = None
             return False
-        for p in params:
-            if p in self._summed:
-                if p.grad is None:
+        summed = [p for p in params if p in self._summed]
+        if summed:
+            torch._foreach_add_([p.grad for p in summed], [self._sums[p] for p in summed])
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None and p in self._summed:
                     p.grad = self._sums[p].clone()
-                else:
-                    p.grad.add_(self._sums[p])
-            if p.grad is not None and self.m > 1:
-                p.grad.div_(self.m)
+        if self.m > 1:
+            grads = [p.grad for group in self.param_groups for p in group["params"]
+                     if p.grad is not None]
+            torch._foreach_div_(grads, self.m)
         self._summed = set()
         self._micro_batches_done = 0
         return True

@@ -15,9 +15,14 @@ variants differ only in :math:`T` and in the normalization:
 
 * SAM (Foret et al., 2021): :math:`T = I`, so :math:`e = \rho\, g / \lVert g \rVert`.
 * ASAM (Kwon et al., 2021): :math:`T = \operatorname{diag}(|w|)`, so
-  :math:`e = \rho\, |w|^2 g / \lVert |w|\, g \rVert` (elementwise :math:`|w|`).
+  :math:`e = \rho\, |w|^2 g / \lVert |w|\, g \rVert` (elementwise :math:`|w|`); the paper's
+  :math:`T = \operatorname{diag}(|w| + \eta)`, which the official code applies to weights
+  only, is an option of :class:`ASAM`.
 * USAM (Andriushchenko & Flammarion, 2022): no normalization, :math:`e = \rho\, T^2 g`
   (:math:`e = \rho g` without ``adaptive``); the form the first-order analysis of the step uses.
+
+The variants in this package (GSAM, WSAM, FriendlySAM, LookSAM, MSAM, RST, BSAM) subclass
+:class:`SAM` through its protected hooks.
 
 References:
     P. Foret, A. Kleiner, H. Mobahi, B. Neyshabur. Sharpness-Aware Minimization for Efficiently
@@ -58,9 +63,14 @@ def _global_norm(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
     in float64.
     """
     norms = torch._foreach_norm(tensors)
-    device = norms[0].device
-    dtype = norms[0].dtype if all(n.dtype == norms[0].dtype for n in norms) else torch.float32
-    norm = torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
+    device, dtype = norms[0].device, norms[0].dtype
+    if all(n.dtype == dtype and n.device == device for n in norms):
+        norm = torch.linalg.vector_norm(torch.stack(norms))
+    else:
+        if any(n.dtype != dtype for n in norms):
+            dtype = torch.float32
+        norm = torch.linalg.vector_norm(
+            torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
     value = norm.item()
     if math.isfinite(value) or not all(torch.isfinite(t).all() for t in tensors):
         return norm, value
@@ -536,7 +546,10 @@ class SAM(Optimizer):
                 record.append((step_group.group, params, kept))
             self._step_record = record
         if zero_grad:
-            self.zero_grad()
+            # what zero_grad() does, over just the parameters that hold a gradient
+            for step_group in groups:
+                for p in step_group.params:
+                    p.grad = None
         return True
 
     @torch.no_grad()
