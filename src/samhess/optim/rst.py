@@ -45,13 +45,7 @@ class RST(SAM):
     training; assign ``optimizer.p`` from a schedule to do that.
 
     ``first_step`` returns whether the step is a SAM step; on a base step the loop may skip
-    the second forward-backward pass (``step(closure)`` does)::
-
-        loss_fn(model(x), y).backward()
-        if optimizer.first_step(zero_grad=True):
-            with disable_running_stats(model):
-                loss_fn(model(x), y).backward()
-        optimizer.second_step(zero_grad=True)
+    the second forward-backward pass, as in :class:`LookSAM`'s recipe (``step(closure)`` does).
 
     First order:
         With an SGD base a step is SAM's, :math:`-\mathrm{lr}\,(g + \rho H g/\lVert g\rVert)`,
