@@ -251,3 +251,28 @@ def test_hyperparameters_are_checked_on_assignment():
     assert optimizer.alpha == 0.2
     with pytest.raises(ValueError, match=r"alpha must be >= 0, got -1"):
         optimizer.alpha = -1
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_grad_scaler_steps_equal_unscaled_steps(name):
+    """The variants read scaled gradients in the first pass and keep g, moving averages and
+    sums in unscaled units: with a scale of 2^10 the run matches the unscaled one."""
+    data = batches()[:4]
+    runs = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**10)):
+        model = make_model(0)
+        optimizer = VARIANTS[name](model.parameters())
+        loss_fn = nn.CrossEntropyLoss()
+        for x, y in data:
+            def loss_of(m, index):
+                if index is None:
+                    return loss_fn(m(x), y)
+                return loss_fn(m(x.chunk(2)[index]), y.chunk(2)[index])
+
+            variant_step(model, optimizer, loss_of, scaler)
+            if scaler is not None:
+                assert scaler.get_scale() == 2.0**10  # no step was skipped
+        runs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert not torch.equal(runs[0], torch.cat([p.detach().reshape(-1)
+                                               for p in make_model(0).parameters()]))
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-5, atol=1e-7)
