@@ -90,7 +90,7 @@ def train(model, optimizer, scheduler, data):
         scheduler.step()
 
 
-RESUMED = [*VARIANTS, "ire-gsam", "ire-looksam", "ire-bsam"]
+RESUMED = [*VARIANTS, "ire-gsam", "ire-looksam", "ire-msam", "ire-bsam"]
 
 
 @pytest.mark.parametrize("name", RESUMED)
@@ -116,6 +116,8 @@ def test_resumed_run_is_bit_identical(name):
 
     assert_identical(resumed_model.state_dict(), straight_model.state_dict(), "model")
     assert_identical(resumed.state_dict(), straight.state_dict(), "optimizer")
+    if isinstance(straight, IRE):  # one count per step, also over MSAM's micro-batches
+        assert resumed.step_count == straight.step_count == 2 * STEPS
 
     # control: the same resume with the optimizer state left out is a different run
     control_model = make_model(1)
