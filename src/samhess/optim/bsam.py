@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.optim import Optimizer
@@ -41,7 +41,7 @@ from samhess._validation import (
     check_positive,
 )
 from samhess.optim._hyperparameter import resolve_seed
-from samhess.optim.sam import SAM, StepGroup, _global_norm
+from samhess.optim.sam import SAM, StepGroup, _global_norm, first_gradients_of, gradients_of
 
 __all__ = ["BSAM"]
 
@@ -84,7 +84,8 @@ class _BayesianUpdate(Optimizer):
         state = self.state[p]
         if _PRECISION not in state:
             state[_PRECISION] = torch.full_like(p, float(group["s_init"]))
-        return state[_PRECISION]
+        precision: torch.Tensor = state[_PRECISION]
+        return precision
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> None:
@@ -181,6 +182,7 @@ class BSAM(SAM):
         super().__init__(params, _BayesianUpdate, rho=rho, adaptive=False, normalize=False,
                          lr=lr, betas=betas, weight_decay=weight_decay, damping=damping,
                          num_data=num_data, s_init=s_init)
+        self._update = cast(_BayesianUpdate, self.base_optimizer)
         device = self.param_groups[0]["params"][0].device
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self._noisy_pass_done = False
@@ -214,7 +216,7 @@ class BSAM(SAM):
             torch._foreach_copy_(saved, params)
             for group in self.param_groups:
                 for p in group["params"]:
-                    precision = self.base_optimizer.precision(p, group)
+                    precision = self._update.precision(p, group)
                     noise = torch.randn(p.shape, generator=self.generator,
                                         device=self.generator.device, dtype=p.dtype)
                     p.addcmul_(noise.to(p.device), torch.rsqrt(precision * group["num_data"]))
@@ -241,26 +243,26 @@ class BSAM(SAM):
         return True
 
     def _perturb(self, groups: list[StepGroup], inverse_scale: float) -> bool:
-        grads = [p.grad for group in groups for p in group.params]
+        grads = gradients_of(p for group in groups for p in group.params)
         norm, norm_value = _global_norm(grads)
         self.last_grad_norm = norm * inverse_scale
         if not math.isfinite(norm_value):
             return False
         for step_group in groups:
             params, group = step_group.params, step_group.group
-            precisions = [self.base_optimizer.precision(p, group) for p in params]
+            precisions = [self._update.precision(p, group) for p in params]
             self._save_weights(params)
-            torch._foreach_addcdiv_(params, [p.grad for p in params], precisions,
+            torch._foreach_addcdiv_(params, gradients_of(params), precisions,
                                     value=group["rho"] * inverse_scale)
         return True
 
     def _descent_gradients(self, groups: list[StepGroup]) -> None:
-        self.base_optimizer.noisy_gradients = {
-            p: noisy for group in groups for p, noisy in zip(group.params, group.first_gradients)
-        }
+        params = [p for group in groups for p in group.params]
+        self._update.noisy_gradients = dict(zip(params, first_gradients_of(groups)))
 
     def _step_skipped(self) -> None:
-        self.generator.set_state(self._state_before_noise)
+        if self._state_before_noise is not None:
+            self.generator.set_state(self._state_before_noise)
 
     def _variant_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

@@ -19,7 +19,7 @@ Reference:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -49,7 +49,8 @@ class FriendlySAM(SAM):
 
     Args:
         params: parameters or parameter-group dicts.
-        base_optimizer: a torch optimizer class, built over the same groups.
+        base_optimizer: builds the base optimizer over the same groups, as for
+            :class:`~samhess.optim.SAM` (a class, a ``functools.partial`` or a factory).
         rho: neighbourhood radius (>= 0).
         sigma: weight :math:`\sigma \ge 0` of the full-gradient estimate removed.
         lmbda: averaging factor :math:`\lambda \in [0, 1)` of :math:`m_t`.
@@ -64,7 +65,7 @@ class FriendlySAM(SAM):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: type[Optimizer],
+        base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         sigma: float = 1.0,
         lmbda: float = 0.9,

@@ -19,7 +19,7 @@ Reference:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 
 from samhess._validation import check_nonnegative
 from samhess.optim._hyperparameter import Hyperparameter
-from samhess.optim.sam import SAM, StepGroup, _global_dots
+from samhess.optim.sam import SAM, StepGroup, _global_dots, first_gradients_of, gradients_of
 
 __all__ = ["GSAM"]
 
@@ -57,7 +57,8 @@ class GSAM(SAM):
 
     Args:
         params: parameters or parameter-group dicts.
-        base_optimizer: a torch optimizer class, built over the same groups.
+        base_optimizer: builds the base optimizer over the same groups, as for
+            :class:`~samhess.optim.SAM` (a class, a ``functools.partial`` or a factory).
         rho: neighbourhood radius (>= 0).
         alpha: weight :math:`\alpha \ge 0` of the vertical component removed.
         adaptive: ASAM's scaling :math:`T = |w|` in the perturbation.
@@ -71,7 +72,7 @@ class GSAM(SAM):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: type[Optimizer],
+        base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         alpha: float = 0.4,
         adaptive: bool = False,
@@ -82,8 +83,8 @@ class GSAM(SAM):
                          **base_kwargs)
 
     def _descent_gradients(self, groups: list[StepGroup]) -> None:
-        perturbed = [p.grad for group in groups for p in group.params]
-        first = [g for group in groups for g in group.first_gradients]
+        perturbed = gradients_of(p for group in groups for p in group.params)
+        first = first_gradients_of(groups)
         if not perturbed or self.alpha == 0.0:
             return
         inner, squared_norm = _global_dots([(first, perturbed), (perturbed, perturbed)])

@@ -421,7 +421,7 @@ class IRE(Optimizer):
         self._begin_step()
         two_pass = self.optimizer.first_step(zero_grad=zero_grad, grad_scaler=grad_scaler)
         self._pending = True
-        return two_pass
+        return bool(two_pass)
 
     def second_step(
         self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None

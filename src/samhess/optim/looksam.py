@@ -22,7 +22,7 @@ Reference:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from torch.optim import Optimizer
 
 from samhess._validation import check_int_at_least, check_nonnegative
 from samhess.optim._hyperparameter import Hyperparameter
-from samhess.optim.sam import SAM, StepGroup, _global_dots
+from samhess.optim.sam import SAM, StepGroup, _global_dots, first_gradients_of, gradients_of
 
 __all__ = ["LookSAM"]
 
@@ -67,7 +67,8 @@ class LookSAM(SAM):
 
     Args:
         params: parameters or parameter-group dicts.
-        base_optimizer: a torch optimizer class, built over the same groups.
+        base_optimizer: builds the base optimizer over the same groups, as for
+            :class:`~samhess.optim.SAM` (a class, a ``functools.partial`` or a factory).
         rho: neighbourhood radius (>= 0).
         k: period of the SAM steps (>= 1; 1 is SAM).
         alpha: weight :math:`\alpha \ge 0` of the reused direction.
@@ -86,7 +87,7 @@ class LookSAM(SAM):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: type[Optimizer],
+        base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         k: int = 5,
         alpha: float = 0.7,
@@ -100,15 +101,15 @@ class LookSAM(SAM):
         self.step_count = 0
 
     def _perturbs_this_step(self) -> bool:
-        return self.step_count % self.k == 0
+        return bool(self.step_count % self.k == 0)
 
     def _descent_gradients(self, groups: list[StepGroup]) -> None:
         params = [p for group in groups for p in group.params]
         if not params:
             return
-        grads = [p.grad for p in params]
+        grads = gradients_of(params)
         if self._two_pass:
-            first = [g for group in groups for g in group.first_gradients]
+            first = first_gradients_of(groups)
             inner, squared_norm = _global_dots([(grads, first), (first, first)])
             projection = inner / squared_norm if squared_norm > 0.0 else 0.0
             orthogonal = []
@@ -132,7 +133,7 @@ class LookSAM(SAM):
         self.step_count += 1
 
     def _variant_state(self) -> dict[str, Any]:
-        return {**super()._variant_state(), "step_count": self.step_count}
+        return {**(super()._variant_state() or {}), "step_count": self.step_count}
 
     def _load_variant_state(self, state: dict[str, Any]) -> None:
         super()._load_variant_state(state)

@@ -32,7 +32,7 @@ from torch.optim import Optimizer
 
 from samhess._validation import check_int_at_least
 from samhess.optim._hyperparameter import Hyperparameter
-from samhess.optim.sam import SAM
+from samhess.optim.sam import SAM, gradients_of
 
 __all__ = ["MSAM"]
 
@@ -93,7 +93,8 @@ class MSAM(SAM):
 
     Args:
         params: parameters or parameter-group dicts.
-        base_optimizer: a torch optimizer class, built over the same groups.
+        base_optimizer: builds the base optimizer over the same groups, as for
+            :class:`~samhess.optim.SAM` (a class, a ``functools.partial`` or a factory).
         rho: neighbourhood radius (>= 0).
         m: number of micro-batches (>= 1; 1 is SAM).
         adaptive: ASAM's scaling :math:`T = |w|` in the perturbations.
@@ -107,7 +108,7 @@ class MSAM(SAM):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: type[Optimizer],
+        base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         m: int = 4,
         adaptive: bool = False,
@@ -135,16 +136,16 @@ class MSAM(SAM):
             old = [p for p in params if p in self._summed]
             new = [p for p in params if p not in self._summed]
             if old:
-                torch._foreach_add_([self._sums[p] for p in old], [p.grad for p in old])
+                torch._foreach_add_([self._sums[p] for p in old], gradients_of(old))
             if new:
-                torch._foreach_copy_(self._buffers_for(self._sums, new), [p.grad for p in new])
+                torch._foreach_copy_(self._buffers_for(self._sums, new), gradients_of(new))
                 self._summed.update(new)
             for p in params:
                 p.grad = None
             return False
         summed = [p for p in params if p in self._summed]
         if summed:
-            torch._foreach_add_([p.grad for p in summed], [self._sums[p] for p in summed])
+            torch._foreach_add_(gradients_of(summed), [self._sums[p] for p in summed])
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None and p in self._summed:

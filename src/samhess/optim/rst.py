@@ -20,7 +20,7 @@ Reference:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -54,7 +54,8 @@ class RST(SAM):
 
     Args:
         params: parameters or parameter-group dicts.
-        base_optimizer: a torch optimizer class, built over the same groups.
+        base_optimizer: builds the base optimizer over the same groups, as for
+            :class:`~samhess.optim.SAM` (a class, a ``functools.partial`` or a factory).
         rho: neighbourhood radius (>= 0).
         p: probability :math:`p \in [0, 1]` of a SAM step.
         seed: seed of the generator; ``None`` draws one from torch's global generator (so
@@ -73,7 +74,7 @@ class RST(SAM):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: type[Optimizer],
+        base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         p: float = 0.5,
         seed: int | None = None,
@@ -90,13 +91,14 @@ class RST(SAM):
 
     def _perturbs_this_step(self) -> bool:
         self._state_before_draw = self.generator.get_state()
-        return torch.rand((), generator=self.generator).item() < self.p
+        return bool(torch.rand((), generator=self.generator).item() < self.p)
 
     def _step_skipped(self) -> None:
-        self.generator.set_state(self._state_before_draw)
+        if self._state_before_draw is not None:
+            self.generator.set_state(self._state_before_draw)
 
     def _variant_state(self) -> dict[str, Any]:
-        return {**super()._variant_state(), "generator": self.generator.get_state()}
+        return {**(super()._variant_state() or {}), "generator": self.generator.get_state()}
 
     def _load_variant_state(self, state: dict[str, Any]) -> None:
         super()._load_variant_state(state)

@@ -41,7 +41,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.optim import Optimizer
@@ -129,6 +129,14 @@ def _global_dots(pairs: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> 
     return torch.stack(sums).tolist()
 
 
+def gradients_of(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """The ``.grad`` of each of ``params``, which must all hold one."""
+    grads = [p.grad for p in params]
+    if any(g is None for g in grads):
+        raise RuntimeError("a parameter the step expected to have a gradient has none")
+    return cast(list[torch.Tensor], grads)
+
+
 @dataclass
 class StepGroup:
     """The tensors of one parameter group in the current step, as the variant hooks see them.
@@ -144,6 +152,17 @@ class StepGroup:
     group: dict[str, Any]
     params: list[torch.Tensor]
     first_gradients: list[torch.Tensor] | None = None
+
+
+def first_gradients_of(groups: list[StepGroup]) -> list[torch.Tensor]:
+    """The kept first-pass gradients of every group, concatenated (two-pass steps of classes
+    that keep them)."""
+    kept = []
+    for group in groups:
+        if group.first_gradients is None:
+            raise RuntimeError("the first pass's gradient was not kept on this step")
+        kept.extend(group.first_gradients)
+    return kept
 
 
 @dataclass
@@ -260,7 +279,7 @@ class SAM(Optimizer):
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Any]],
         base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         adaptive: bool = False,
@@ -357,7 +376,7 @@ class SAM(Optimizer):
         ``None`` (or a ``None`` entry) is the identity. SAM: :math:`T = |w|` on groups with
         ``adaptive=True``, the identity elsewhere.
         """
-        return torch._foreach_abs(params) if group["adaptive"] else None
+        return list(torch._foreach_abs(params)) if group["adaptive"] else None
 
     def _perturb(self, groups: list[StepGroup], inverse_scale: float) -> bool:
         r"""Move every parameter of ``groups`` from :math:`w` to :math:`w + e`.
@@ -370,7 +389,7 @@ class SAM(Optimizer):
         for step_group in groups:
             params = step_group.params
             directions = self._perturbation_directions(
-                params, [p.grad for p in params], inverse_scale
+                params, gradients_of(params), inverse_scale
             )
             scaling = self._scaling(step_group.group, params) or [None] * len(params)
             plan = _GroupPerturbation(step_group.group, params)
@@ -523,8 +542,9 @@ class SAM(Optimizer):
                 # The gradients leave p.grad without a copy; a second pass run anyway
                 # allocates new ones, which then take their place.
                 for step_group in groups:
+                    self._stashed_gradients.extend(
+                        zip(step_group.params, gradients_of(step_group.params)))
                     for p in step_group.params:
-                        self._stashed_gradients.append((p, p.grad))
                         p.grad = None
             return False
         if not groups:
@@ -536,11 +556,11 @@ class SAM(Optimizer):
             self._first_pass_finite = False
             return True
         if self._keeps_first_gradient:
-            record = []
+            record: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor] | None]] = []
             for step_group in groups:
                 params = step_group.params
                 kept = self._buffers_for(self._first_gradient_buffers, params)
-                torch._foreach_copy_(kept, [p.grad for p in params])
+                torch._foreach_copy_(kept, gradients_of(params))
                 if inverse_scale != 1.0:
                     torch._foreach_mul_(kept, inverse_scale)
                 record.append((step_group.group, params, kept))
@@ -784,7 +804,7 @@ class ASAM(SAM):
         else:
             scaled = [True] * len(params)
         chosen = [p for p, keep in zip(params, scaled) if keep]
-        scales = torch._foreach_abs(chosen) if chosen else []
+        scales = list(torch._foreach_abs(chosen)) if chosen else []
         if self.eta and scales:
             torch._foreach_add_(scales, self.eta)
         remaining = iter(scales)

@@ -19,7 +19,7 @@ Reference:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 
 from samhess._validation import check_bool, check_fraction
 from samhess.optim._hyperparameter import Hyperparameter
-from samhess.optim.sam import SAM, StepGroup
+from samhess.optim.sam import SAM, StepGroup, first_gradients_of, gradients_of
 
 __all__ = ["WSAM"]
 
@@ -51,7 +51,8 @@ class WSAM(SAM):
 
     Args:
         params: parameters or parameter-group dicts.
-        base_optimizer: a torch optimizer class, built over the same groups.
+        base_optimizer: builds the base optimizer over the same groups, as for
+            :class:`~samhess.optim.SAM` (a class, a ``functools.partial`` or a factory).
         rho: neighbourhood radius (>= 0).
         gamma: weight :math:`\gamma \in [0, 1)` of the sharpness term.
         decouple: apply the sharpness gradient outside the base optimizer.
@@ -71,7 +72,7 @@ class WSAM(SAM):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        base_optimizer: type[Optimizer],
+        base_optimizer: Callable[..., Optimizer],
         rho: float = 0.05,
         gamma: float = 0.9,
         decouple: bool = True,
@@ -95,11 +96,11 @@ class WSAM(SAM):
     @property
     def weight(self) -> float:
         r""":math:`\alpha = \gamma / (1 - \gamma)`, the weight of the sharpness gradient."""
-        return self.gamma / (1.0 - self.gamma)
+        return float(self.gamma / (1.0 - self.gamma))
 
     def _descent_gradients(self, groups: list[StepGroup]) -> None:
-        perturbed = [p.grad for group in groups for p in group.params]
-        first = [g for group in groups for g in group.first_gradients]
+        perturbed = gradients_of(p for group in groups for p in group.params)
+        first = first_gradients_of(groups)
         if not perturbed:
             return
         if self.decouple:
@@ -118,5 +119,5 @@ class WSAM(SAM):
         for group in groups:
             if group.params:
                 # w - lr alpha (g_s - g), with the kept tensors holding g - g_s
-                torch._foreach_add_(group.params, group.first_gradients,
+                torch._foreach_add_(group.params, first_gradients_of([group]),
                                     alpha=group.group["lr"] * weight)
