@@ -59,6 +59,14 @@ def check_half_open_unit_interval(name: str, value: object) -> float:
     return value
 
 
+def check_closed_unit_interval(name: str, value: object) -> float:
+    """Return ``value`` if it lies in [0, 1]."""
+    value = check_real(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return value
+
+
 def check_int_at_least(name: str, value: object, minimum: int) -> int:
     """Return ``value`` if it is an integer >= ``minimum`` (booleans are refused)."""
     if isinstance(value, bool) or not isinstance(value, Integral):
@@ -75,12 +83,3 @@ def check_choice(name: str, value: object, choices: tuple[str, ...] | list[str])
         options = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
     return value  # type: ignore[return-value]
-
-
-def check_fraction(name: str, value: object, include_one: bool = False) -> float:
-    """Return ``value`` if it lies in [0, 1) (or in [0, 1] with ``include_one``)."""
-    value = check_real(name, value)
-    if not (0.0 <= value < 1.0 or (include_one and value == 1.0)):
-        interval = "[0, 1]" if include_one else "[0, 1)"
-        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
-    return value

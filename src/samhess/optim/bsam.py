@@ -35,7 +35,7 @@ import torch
 from torch.optim import Optimizer
 
 from samhess._validation import (
-    check_fraction,
+    check_half_open_unit_interval,
     check_int_at_least,
     check_nonnegative,
     check_positive,
@@ -52,7 +52,8 @@ _PRECISION = "precision"
 def _check_betas(betas: object) -> tuple[float, float]:
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise TypeError(f"betas must be a pair of floats, got {betas!r}")
-    return (check_fraction("betas[0]", betas[0]), check_fraction("betas[1]", betas[1]))
+    return (check_half_open_unit_interval("betas[0]", betas[0]),
+            check_half_open_unit_interval("betas[1]", betas[1]))
 
 
 def _check_group(group: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from samhess._validation import check_fraction, check_nonnegative
+from samhess._validation import check_half_open_unit_interval, check_nonnegative
 from samhess.optim._hyperparameter import Hyperparameter
 from samhess.optim.sam import SAM, StepGroup
 
@@ -60,7 +60,7 @@ class FriendlySAM(SAM):
 
     _hyperparameters = ("sigma", "lmbda")
     sigma = Hyperparameter(check_nonnegative)
-    lmbda = Hyperparameter(check_fraction)
+    lmbda = Hyperparameter(check_half_open_unit_interval)
 
     def __init__(
         self,

@@ -21,13 +21,12 @@ Reference:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-from samhess._validation import check_fraction
+from samhess._validation import check_closed_unit_interval
 from samhess.optim._hyperparameter import Hyperparameter, resolve_seed
 from samhess.optim.sam import SAM
 
@@ -69,7 +68,7 @@ class RST(SAM):
     """
 
     _hyperparameters = ("p",)
-    p = Hyperparameter(partial(check_fraction, include_one=True))
+    p = Hyperparameter(check_closed_unit_interval)
 
     def __init__(
         self,

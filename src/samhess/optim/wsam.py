@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from samhess._validation import check_bool, check_fraction
+from samhess._validation import check_bool, check_half_open_unit_interval
 from samhess.optim._hyperparameter import Hyperparameter
 from samhess.optim.sam import SAM, StepGroup, first_gradients_of, gradients_of
 
@@ -66,7 +66,7 @@ class WSAM(SAM):
 
     _keeps_first_gradient = True
     _hyperparameters = ("gamma", "decouple")
-    gamma = Hyperparameter(check_fraction)
+    gamma = Hyperparameter(check_half_open_unit_interval)
     decouple = Hyperparameter(check_bool)
 
     def __init__(
