@@ -20,7 +20,7 @@ from samhess.experiments.optimizer_kinds import (
     optimizer_kind,
     register,
 )
-from samhess.optim import ASAM, IRE, SAM, USAM
+from samhess.optim import ASAM, BSAM, GSAM, IRE, MSAM, RST, SAM, USAM, WSAM, FriendlySAM, LookSAM
 
 from .conftest import tiny_cli_args
 
@@ -35,11 +35,26 @@ EXPECTED = {
     "sam-ire": (IRE, SAM, torch.optim.SGD),
     "adamw": (torch.optim.AdamW, None, torch.optim.AdamW),
     "admire": (IRE, torch.optim.AdamW, torch.optim.AdamW),
+    "gsam": (GSAM, None, torch.optim.SGD),
+    "wsam": (WSAM, None, torch.optim.SGD),
+    "friendly-sam": (FriendlySAM, None, torch.optim.SGD),
+    "looksam": (LookSAM, None, torch.optim.SGD),
+    "msam": (MSAM, None, torch.optim.SGD),
+    "rst": (RST, None, torch.optim.SGD),
+    "bsam": (BSAM, None, None),  # its own update: no torch optimizer underneath
 }
 
 #: A value of each hyperparameter unlike its default, and where the built optimizer keeps it.
 _PROBE_VALUES = {"lr": 0.0123, "momentum": 0.45, "weight_decay": 0.0031, "rho": 0.077,
-                 "kappa": 2.5, "gamma": 0.35, "refresh_every": 7, "start_step": 3}
+                 "kappa": 2.5, "gamma": 0.35, "refresh_every": 7, "start_step": 3,
+                 "gsam_alpha": 0.31, "wsam_gamma": 0.77, "friendly_sigma": 0.6,
+                 "friendly_lambda": 0.55, "looksam_k": 3, "looksam_alpha": 0.45, "msam_m": 2,
+                 "rst_p": 0.3, "bsam_damping": 0.2, "bsam_s_init": 2.5}
+#: Where a variant keeps its own hyperparameter: its attribute, or a group key.
+_OWN = {"gsam_alpha": "alpha", "wsam_gamma": "gamma", "friendly_sigma": "sigma",
+        "friendly_lambda": "lmbda", "looksam_k": "k", "looksam_alpha": "alpha", "msam_m": "m",
+        "rst_p": "p"}
+_GROUP_KEYS = {"bsam_damping": "damping", "bsam_s_init": "s_init"}
 
 
 def _model() -> nn.Module:
@@ -58,7 +73,9 @@ def _innermost(optimizer):
 def _kept_value(optimizer, name: str):
     if isinstance(optimizer, IRE) and name in ("kappa", "gamma", "refresh_every", "start_step"):
         return getattr(optimizer, name)
-    return optimizer.param_groups[0][name]
+    if name in _OWN:
+        return getattr(optimizer, _OWN[name])
+    return optimizer.param_groups[0][_GROUP_KEYS.get(name, name)]
 
 
 def test_every_kind_has_an_expected_build():
@@ -70,18 +87,21 @@ def test_kind_builds_its_optimizer_with_its_hyperparameters(name):
     kind = optimizer_kind(name)
     outer, wrapped, innermost = EXPECTED[name]
     probe = {key: _PROBE_VALUES[key] for key in kind.reads}
-    optimizer = build_optimizer(name, _model(), probe)
+    optimizer = build_optimizer(name, _model(), {**probe, "num_data": 10})
     assert type(optimizer) is outer
     if wrapped is not None:
         assert type(optimizer.optimizer) is wrapped
-        assert kind.base is not None and type(build_optimizer(kind.base, _model())) is wrapped
-    assert type(_innermost(optimizer)) is innermost
+        assert kind.base is not None
+        assert type(build_optimizer(kind.base, _model(), {"num_data": 10})) is wrapped
+    if innermost is not None:
+        assert type(_innermost(optimizer)) is innermost
     for key, value in probe.items():
         assert _kept_value(optimizer, key) == pytest.approx(value), key
     # the step protocol matches what the object offers
     perturbs = callable(getattr(optimizer, "first_step", None)) and not (
         isinstance(optimizer, IRE) and not hasattr(optimizer.optimizer, "first_step"))
-    assert (kind.protocol is StepProtocol.TWO_PASS) == perturbs
+    assert kind.two_pass == perturbs
+    assert (kind.protocol is StepProtocol.MICRO_BATCH) == hasattr(optimizer, "micro_batches")
     # the kind's own defaults are what a config resolves to
     config = build_run_config({}, {"optimizer": name})
     for setting in HYPERPARAMETERS:
@@ -91,10 +111,10 @@ def test_kind_builds_its_optimizer_with_its_hyperparameters(name):
 
 
 def test_unknown_names_fail_closed():
-    with pytest.raises(ValueError, match="optimizer 'gsam' is not one of sgd, sam"):
-        optimizer_kind("gsam")
-    with pytest.raises(ValueError, match="optimizer = 'gsam' is invalid: must be one of"):
-        build_run_config({"optimizer": "gsam"}, {})
+    with pytest.raises(ValueError, match="optimizer 'lion' is not one of sgd, sam"):
+        optimizer_kind("lion")
+    with pytest.raises(ValueError, match="optimizer = 'lion' is invalid: must be one of"):
+        build_run_config({"optimizer": "lion"}, {})
     with pytest.raises(ValueError, match="registered twice"):
         register(optimizer_kind("sgd"))
     with pytest.raises(ValueError, match="refers to 'nothing'"):

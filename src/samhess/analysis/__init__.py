@@ -33,6 +33,7 @@ from samhess.analysis.gains import (
 from samhess.analysis.mask_quality import flat_mask_vector, ire_mask_quality
 from samhess.analysis.minibatch import minibatch_decomposition
 from samhess.analysis.plots import plot_gains, plot_taylor, plot_validity
+from samhess.analysis import variant_predictions  # noqa: F401  (registers the variants' rules)
 from samhess.analysis.predictions import (
     FirstOrderPrediction,
     PredictionContext,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from samhess.curvature.attention import math_attention
-from samhess.curvature.batches import call_model, check_batch
+from samhess.curvature.batches import call_model, check_batch, micro_batch
 from samhess.curvature.operators import evaluation_mode, resolve_parameters
 from samhess.curvature.vectors import flatten, unflatten
 
@@ -140,6 +140,9 @@ class _OptimizerSnapshot:
             for group in optimizer.param_groups
         ]
         self.attributes = {k: v for k, v in vars(optimizer).items() if isinstance(v, _SCALAR_TYPES)}
+        # the random draws of RST's switch and BSAM's noise: a measured step must not advance them
+        self.generators = {k: v.get_state() for k, v in vars(optimizer).items()
+                           if isinstance(v, torch.Generator)}
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -169,6 +172,8 @@ class _OptimizerSnapshot:
                 group[key] = _copy_value(value)
         for name, value in self.attributes.items():
             setattr(self.optimizer, name, value)
+        for name, generator_state in self.generators.items():
+            getattr(self.optimizer, name).set_state(generator_state)
 
 
 class TrainingStateSnapshot:
@@ -228,6 +233,15 @@ def preserved_training_state(model: nn.Module, optimizers: Sequence[Any]) -> Ite
         snapshot.restore()
 
 
+def micro_batch_count(optimizer: Any) -> int:
+    """The ``micro_batches`` an optimizer in the wrapping chain declares (1 if none does)."""
+    for member in optimizer_chain(optimizer):
+        count = getattr(member, "micro_batches", None)
+        if isinstance(count, int):
+            return count
+    return 1
+
+
 def measure_step(
     model: nn.Module,
     loss_fn: Callable,
@@ -246,6 +260,9 @@ def measure_step(
     * the step is taken through a closure (zero the gradients, forward, backward, return the
       loss), which plain torch optimizers call once and SAM-type optimizers twice or more;
     * the closure enables autograd itself, so an optimizer may call it under ``torch.no_grad``;
+    * an optimizer that perturbs per micro-batch declares ``micro_batches`` and calls
+      ``closure(i)``: micro-batch ``i`` of that many equal contiguous parts
+      (:func:`samhess.curvature.batches.micro_batch`); ``closure()`` is the whole batch;
     * the model runs with attention on the math kernel, like every other evaluation of the
       analysis, so that the step and the Hessian-vector products describe one function.
 
@@ -254,12 +271,16 @@ def measure_step(
     inputs, targets = batch
     stepped = optimizer_parameters(optimizer)
 
-    def closure() -> torch.Tensor:
+    count = micro_batch_count(optimizer)
+
+    def closure(index: int | None = None) -> torch.Tensor:
+        part_inputs, part_targets = (inputs, targets) if index is None else micro_batch(
+            (inputs, targets), index, count)
         with torch.enable_grad():
             for p in stepped:
                 p.grad = None
             with math_attention():
-                loss = loss_fn(call_model(model, inputs), targets)
+                loss = loss_fn(call_model(model, part_inputs), part_targets)
             loss.backward()
         return loss
 

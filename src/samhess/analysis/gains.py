@@ -142,7 +142,8 @@ def _gain_predictions(
         and prediction.gain_is_linear_in_eigenvalue
         and measurement.gain_reference_is_gradient
     ):
-        return (1.0 + prediction.coefficient * eigenvalues).tolist(), prediction.gain_formula, True
+        line = prediction.intercept + prediction.coefficient * eigenvalues
+        return line.tolist(), prediction.gain_formula, True
     predicted = (directions.T @ prediction.step) / reference_components
     return predicted.tolist(), f"<v, {prediction.formula}> / <v, D_ref>", False
 

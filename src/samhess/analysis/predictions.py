@@ -55,7 +55,8 @@ class StepForm(enum.Enum):
 
     #: :math:`D = -\eta g`: every gain against the gradient step is 1.
     GRADIENT = "gradient"
-    #: :math:`D = -\eta (g + c H g)`: along an eigenvector the gain is :math:`1 + c\lambda`.
+    #: :math:`D = -\eta (a g + c H g)`: along an eigenvector the gain is :math:`a + c\lambda`
+    #: (:math:`a = 1` for SAM and USAM).
     SHARPNESS_AWARE = "sharpness_aware"
     #: :math:`D = -\eta (g + H e)` for a perturbation :math:`e` that is not a multiple of
     #: :math:`g`: a gain per direction, no line in :math:`\lambda`.
@@ -71,9 +72,10 @@ class FirstOrderPrediction:
     Attributes:
         form: the step's :class:`StepForm`.
         step: the predicted flat step :math:`\hat D`.
-        coefficient: :math:`c` of :math:`-\eta (g + c Hg)` for :attr:`StepForm.SHARPNESS_AWARE`
+        coefficient: :math:`c` of :math:`-\eta (a g + c Hg)` for :attr:`StepForm.SHARPNESS_AWARE`
             (:math:`\rho/\lVert g\rVert` for SAM, :math:`\rho` for USAM) and 0 for
             :attr:`StepForm.GRADIENT`; ``None`` for the other forms.
+        intercept: :math:`a` of the same form (1 but for GSAM).
         formula: the step's formula, for display.
         gain_formula: the gain along an eigenvector for the forms that have one
             (``"1 + rho lambda / ||g||"``), for display; empty otherwise.
@@ -84,10 +86,12 @@ class FirstOrderPrediction:
     coefficient: float | None = None
     formula: str = ""
     gain_formula: str = ""
+    intercept: float = 1.0
 
     @property
     def gain_is_linear_in_eigenvalue(self) -> bool:
-        """Whether the gain along an eigenvector is :math:`1 + c\\lambda` (against :math:`-\\eta g`)."""
+        """Whether the gain along an eigenvector is :math:`a + c\\lambda` (against
+        :math:`-\\eta g`)."""
         return self.form in (StepForm.GRADIENT, StepForm.SHARPNESS_AWARE)
 
 
@@ -103,6 +107,8 @@ class PredictionContext:
         reference: the reference optimizer of the measurement (``None`` for the gradient step,
             or a flat tensor).
         reference_step: the measured reference step :math:`D_\text{ref}`.
+        model, loss_fn, batch, eval_mode: what the step was measured on, for rules that need
+            more than the batch's Hessian (m-SAM's micro-batch Hessians).
     """
 
     hessian: HessianOperator
@@ -111,6 +117,10 @@ class PredictionContext:
     params: Sequence[torch.Tensor]
     reference: Any = None
     reference_step: torch.Tensor | None = None
+    model: Any = None
+    loss_fn: Any = None
+    batch: Any = None
+    eval_mode: bool = True
 
     @cached_property
     def hessian_gradient(self) -> torch.Tensor:
@@ -185,41 +195,83 @@ def _uniform(groups: Sequence[dict[str, Any]], key: str) -> Any:
     return values.pop() if len(values) == 1 else None
 
 
-def _sam_family_rule(optimizer: Any, context: PredictionContext) -> FirstOrderPrediction | None:
-    r"""SAM, USAM and ASAM over plain SGD: :math:`-\eta (g + H e)` with the class's :math:`e`."""
+def sharpness_aware_setting(optimizer: Any, context: PredictionContext) -> tuple[float, bool] | None:
+    """``(rho, normalize)`` of a SAM-type optimizer whose first-order step has a closed form here:
+    a plain SGD base, the measured parameters, one ``rho`` and one ``normalize`` for every
+    group; ``None`` otherwise."""
     groups = optimizer.param_groups
-    rho, normalize, adaptive = (_uniform(groups, key) for key in ("rho", "normalize", "adaptive"))
-    if (
-        not steps_plain_gradient(optimizer.base_optimizer)
-        or not _same_parameters(optimizer, context.params)
-        or rho is None or normalize is None or adaptive is None
-        or any(group.get("eta", 0.0) for group in groups)
-    ):
+    rho, normalize = _uniform(groups, "rho"), _uniform(groups, "normalize")
+    if (not steps_plain_gradient(optimizer.base_optimizer)
+            or not _same_parameters(optimizer, context.params)
+            or rho is None or normalize is None):
         return None
-    g, rho = context.gradient, float(rho)
-    if not adaptive:
-        if normalize:
-            norm = float(g.norm())
-            if norm == 0.0:
-                return None
-            coefficient = rho / norm
-            formulas = ("-lr (g + rho H g / ||g||)", "1 + rho lambda / ||g||")
-        else:
-            coefficient = rho
-            formulas = ("-lr (g + rho H g)", "1 + rho lambda")
+    return float(rho), bool(normalize)
+
+
+def perturbation_scaling(optimizer: Any, params: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    r"""The flat diagonal :math:`T` of a SAM-type optimizer's perturbation at the current weights
+    (``None`` for the identity), from its own definition of :math:`T` (ASAM's :math:`|w|`, or
+    :math:`|w| + \eta` on weights only)."""
+    scale_of: dict[int, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        members = list(group["params"])
+        scales = optimizer._scaling(group, members) or [None] * len(members)
+        for p, scale in zip(members, scales):
+            if scale is not None:
+                scale_of[id(p)] = scale.detach()
+    if not scale_of:
+        return None
+    return torch.cat([scale_of.get(id(p), torch.ones_like(p)).reshape(-1) for p in params])
+
+
+def perturbation(direction: torch.Tensor, rho: float, normalize: bool,
+                 scaling: torch.Tensor | None) -> torch.Tensor | None:
+    r""":math:`e = \rho\, T^2 d/\lVert T d\rVert` (or :math:`\rho\, T^2 d` unnormalized);
+    ``None`` when the normalized form divides by zero."""
+    scaled = direction if scaling is None else scaling * direction
+    if not normalize:
+        return rho * (scaled if scaling is None else scaling * scaled)
+    norm = float(scaled.norm())
+    if norm == 0.0:
+        return None
+    return rho * (scaled if scaling is None else scaling * scaled) / norm
+
+
+def sam_step_prediction(optimizer: Any, context: PredictionContext, *, descent_weight: float = 1.0,
+                        name: str = "") -> FirstOrderPrediction | None:
+    r"""The first-order step :math:`-\eta (g + w H e)` of a SAM-type optimizer perturbing along
+    :math:`g` (SAM, USAM, ASAM; WSAM with :math:`w = \gamma/(1-\gamma)`). Without a scaling
+    :math:`T` it is :attr:`StepForm.SHARPNESS_AWARE` with :math:`c = w\rho/\lVert g\rVert`
+    (:math:`w\rho` unnormalized)."""
+    setting = sharpness_aware_setting(optimizer, context)
+    if setting is None:
+        return None
+    rho, normalize = setting
+    g = context.gradient
+    scaling = perturbation_scaling(optimizer, context.params)
+    weight = "" if descent_weight == 1.0 else f"{descent_weight:g} "
+    if scaling is None:
+        norm = float(g.norm())
+        if normalize and norm == 0.0:
+            return None
+        coefficient = descent_weight * (rho / norm if normalize else rho)
+        formulas = ((f"-lr (g + {weight}rho H g / ||g||)", f"1 + {weight}rho lambda / ||g||")
+                    if normalize else
+                    (f"-lr (g + {weight}rho H g)", f"1 + {weight}rho lambda"))
         step = -context.rates * (g + coefficient * context.hessian_gradient)
         return FirstOrderPrediction(StepForm.SHARPNESS_AWARE, step, coefficient, *formulas)
-    scale = flatten([p.detach().abs() for p in context.params]).to(g)
-    direction = scale * scale * g
-    if normalize:
-        norm = float((scale * g).norm())
-        if norm == 0.0:
-            return None
-        e, formula = rho * direction / norm, "-lr (g + rho H |w|^2 g / || |w| g ||)"
-    else:
-        e, formula = rho * direction, "-lr (g + rho H |w|^2 g)"
-    step = -context.rates * (g + context.hessian @ e)
+    e = perturbation(g, rho, normalize, scaling.to(g))
+    if e is None:
+        return None
+    step = -context.rates * (g + descent_weight * (context.hessian @ e))
+    formula = f"-lr (g + {weight}H e), e = rho T^2 g / ||T g||" if normalize else \
+        f"-lr (g + {weight}H e), e = rho T^2 g"
     return FirstOrderPrediction(StepForm.PERTURBED_GRADIENT, step, None, formula)
+
+
+def _sam_family_rule(optimizer: Any, context: PredictionContext) -> FirstOrderPrediction | None:
+    r"""SAM, USAM and ASAM over plain SGD: :math:`-\eta (g + H e)` with the class's :math:`e`."""
+    return sam_step_prediction(optimizer, context)
 
 
 def ire_amplification(ire: IRE, params: Sequence[torch.Tensor]) -> torch.Tensor | None:

@@ -164,7 +164,9 @@ def measure_steps(
                 reference_step = measure_step(model, loss_fn, batch, reference, params)
             reference_name = describe_optimizer(reference)
 
-        context = PredictionContext(hessian, gradient, rates, params, reference, reference_step)
+        context = PredictionContext(hessian, gradient, rates, params, reference, reference_step,
+                                    model=model, loss_fn=loss_fn, batch=batch,
+                                    eval_mode=eval_mode)
         prediction = predict_step(optimizer, context)
 
     uniform_rate = bool((rates == rates[0]).all())

@@ -55,7 +55,8 @@ from samhess.analysis._steps import (
 from samhess.analysis.results import TaylorCheck, TraceIdentityCheck
 from samhess.curvature import HessianOperator, trace
 from samhess.curvature.vectors import flatten, unflatten
-from samhess.optim import IRE
+from samhess.optim import IRE, SAM
+from samhess.optim.sam import StepGroup
 
 __all__ = [
     "taylor_check",
@@ -131,13 +132,17 @@ def _sharpness_aware(optimizer: Any) -> Any:
 
 def optimizer_perturbation(model: nn.Module, optimizer: Any,
                            params: Sequence[torch.Tensor]) -> PerturbationFunction:
-    r"""The perturbation a sharpness-aware optimizer's next ``first_step`` takes, as a function.
+    r"""The perturbation a sharpness-aware optimizer takes from :math:`w`, as a function.
 
     For a gradient :math:`g` and a radius :math:`\rho`, every group's ``rho`` is set to
-    :math:`\rho`, the parameters' ``.grad`` to :math:`g`, ``first_step`` moves the weights to
-    :math:`w + e`, and :math:`e` is read off; the weights, gradients, the optimizer's state and
-    its groups are then put back bit for bit. State the perturbation depends on (an EMA of past
-    gradients, a step counter) is the optimizer's current one.
+    :math:`\rho` and the parameters' ``.grad`` to :math:`g`; the optimizer then moves the
+    weights to :math:`w + e` and :math:`e` is read off; the weights, gradients, the optimizer's
+    state and its groups are then put back bit for bit. A samhess :class:`~samhess.optim.SAM`
+    (any variant) moves them through its perturbation hook (``_perturb``), so a variant that
+    skips the perturbation on some steps (LookSAM, RST) still shows the one it takes on the
+    others, and BSAM shows :math:`\rho\, g/s`; any other optimizer through ``first_step``.
+    State the perturbation depends on (an average of past gradients, a learned precision) is
+    the optimizer's current one.
 
     Raises:
         TypeError: ``optimizer`` has no ``first_step`` or no ``rho`` in a group.
@@ -161,7 +166,12 @@ def optimizer_perturbation(model: nn.Module, optimizer: Any,
             for group in optimizer.param_groups:
                 group["rho"] = rho
             before = flatten(params)
-            optimizer.first_step()
+            if isinstance(optimizer, SAM):
+                optimizer._perturb([StepGroup(group, [p for p in group["params"]
+                                                      if p.grad is not None])
+                                    for group in optimizer.param_groups], 1.0)
+            else:
+                optimizer.first_step()
             return flatten(params) - before
 
     return perturbation

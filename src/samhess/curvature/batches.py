@@ -178,6 +178,25 @@ def select_examples(batch: tuple[Any, Any], index: torch.Tensor, name: str = "ba
     return map_tensors(inputs, select), map_tensors(targets, select)
 
 
+def micro_batch(batch: tuple[Any, Any], index: int, count: int,
+                name: str = "batch") -> tuple[Any, Any]:
+    """Micro-batch ``index`` of ``count`` equal contiguous parts of ``batch`` (m-sharpness).
+
+    Part ``i`` holds examples ``i * s`` to ``(i + 1) * s - 1`` with ``s = n // count``; the
+    remaining ``n % count`` examples belong to no part.
+
+    Raises:
+        ValueError: ``count`` exceeds the number of examples, or ``index`` is out of range.
+    """
+    total = count_examples(batch, name)
+    if not 1 <= count <= total:
+        raise ValueError(f"cannot split {name} of {total} examples into {count} micro-batches")
+    if not 0 <= index < count:
+        raise ValueError(f"micro-batch index {index} is out of range for {count} micro-batches")
+    size = total // count
+    return select_examples(batch, torch.arange(index * size, (index + 1) * size), name)
+
+
 def _only_tensors(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return True

@@ -107,9 +107,11 @@ def sam_step(
     with ascent_pass(model, per_replica):
         loss = loss_fn(model(inputs), targets)
         (loss if per_replica or loss_scale == 1.0 else loss * loss_scale).backward()
-    optimizer.first_step(zero_grad=True)
-    with disable_running_stats(model):
-        perturbed_loss = loss_fn(model(inputs), targets)
-        (perturbed_loss if loss_scale == 1.0 else perturbed_loss * loss_scale).backward()
+    # A variant may take a single-pass step (LookSAM between its SAM steps, RST's base steps):
+    # first_step then says the second pass is not needed.
+    if optimizer.first_step(zero_grad=True) is not False:
+        with disable_running_stats(model):
+            perturbed_loss = loss_fn(model(inputs), targets)
+            (perturbed_loss if loss_scale == 1.0 else perturbed_loss * loss_scale).backward()
     optimizer.second_step(zero_grad=True)
     return loss.detach()

@@ -113,7 +113,8 @@ def _taylor_in_float64(task: Any) -> Any:
     batch = tuple(t.to(torch.float64) if t.is_floating_point() else t for t in (inputs, targets))
     perturbation = None
     if perturbing_optimizer(task.optimizer) is not None:
-        perturbation = build_optimizer(config.optimizer, model, config.to_dict())
+        perturbation = build_optimizer(config.optimizer, model,
+                                       {**config.to_dict(), "num_data": task.data.num_train})
         perturbation.load_state_dict(copy.deepcopy(task.optimizer.state_dict()))
     return taylor_check(model, task.loss_fn, batch, list(config.taylor_rhos), perturbation)
 

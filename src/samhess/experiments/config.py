@@ -340,7 +340,11 @@ def resolve(values: Mapping[str, Any]) -> Any:
     for name, setting in RUN_SETTINGS.items():
         if setting.per_optimizer and getattr(config, name) is None:
             changes[name] = kind.default_of(setting)
-    return dataclasses.replace(config, **changes)
+    config = dataclasses.replace(config, **changes)
+    problem = kind.check(config) if kind.check is not None else None
+    if problem is not None:
+        raise ValueError(f"optimizer {kind.name!r}: {problem}")
+    return config
 
 
 def per_optimizer_defaults(setting: Setting) -> str:

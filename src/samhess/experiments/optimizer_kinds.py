@@ -25,6 +25,7 @@ from samhess.experiments.settings import (
     Setting,
     ValueKind,
     at_least,
+    at_most,
     below,
     greater_than,
     open_unit_interval,
@@ -89,10 +90,15 @@ class OptimizerKind:
         reads: the hyperparameter settings it reads, in the order reports list them.
         defaults: its own defaults of shared hyperparameters (``{"lr": 1e-3}``).
         protocol: how a training step drives it.
+        per_replica_ascent: under torchrun, whether its ascent may come from each rank's own
+            shard (``--sam-perturbation per-replica``): only where the first pass's gradient
+            enters nothing but the perturbation, so the replicas stay identical.
         base: for an IRE kind, the kind IRE wraps (its claims and convergence are judged
             against that kind's step and loss).
         flatness_reference: the kind whose final lambda_max this one is claimed to beat.
         claims: the claims its report tests.
+        check: a check of the resolved configuration beyond each setting's own (``None``, or
+            the requirement it breaks, in words).
     """
 
     name: str
@@ -103,9 +109,11 @@ class OptimizerKind:
     reads: tuple[str, ...]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     protocol: StepProtocol = StepProtocol.ONE_PASS
+    per_replica_ascent: bool = False
     base: str | None = None
     flatness_reference: str | None = None
     claims: tuple[ClaimKind, ...] = ()
+    check: Callable[[Any], str | None] | None = None
 
     @property
     def passes(self) -> str:
@@ -136,8 +144,8 @@ LR = _hyperparameter("lr", ValueKind.REAL, 0.1, "learning rate", "LR", greater_t
 MOMENTUM = _hyperparameter("momentum", ValueKind.REAL, 0.0, "SGD momentum", "M", at_least(0),
                            below(1))
 WEIGHT_DECAY = _hyperparameter("weight_decay", ValueKind.REAL, 0.0,
-                               "weight decay (L2 for SGD, decoupled for AdamW)", "WD",
-                               at_least(0))
+                               "weight decay (L2 for SGD, decoupled for AdamW, the prior's "
+                               "precision for BSAM)", "WD", at_least(0), per_optimizer=True)
 RHO = _hyperparameter("rho", ValueKind.REAL, 0.05, "SAM's perturbation radius", "RHO",
                       at_least(0), per_optimizer=True)
 KAPPA = _hyperparameter("kappa", ValueKind.REAL, 1.0,
@@ -152,9 +160,38 @@ REFRESH_EVERY = _hyperparameter("refresh_every", ValueKind.INT, 10,
 START_STEP = _hyperparameter("start_step", ValueKind.INT, 0, "step from which IRE amplifies",
                              "N", at_least(0))
 
+GSAM_ALPHA = _hyperparameter("gsam_alpha", ValueKind.REAL, 0.4,
+                             "GSAM's weight of the gradient's component orthogonal to the "
+                             "perturbed gradient", "A", at_least(0))
+WSAM_GAMMA = _hyperparameter("wsam_gamma", ValueKind.REAL, 0.9,
+                             "WSAM's weight of the sharpness term, in [0, 1)", "G", at_least(0),
+                             below(1))
+FRIENDLY_SIGMA = _hyperparameter("friendly_sigma", ValueKind.REAL, 1.0,
+                                 "FriendlySAM's weight of the gradient average removed from the "
+                                 "ascent", "S", at_least(0))
+FRIENDLY_LAMBDA = _hyperparameter("friendly_lambda", ValueKind.REAL, 0.9,
+                                  "FriendlySAM's averaging factor of the gradient average, in "
+                                  "[0, 1)", "L", at_least(0), below(1))
+LOOKSAM_K = _hyperparameter("looksam_k", ValueKind.INT, 5,
+                            "LookSAM's period: a SAM step every k steps", "K", at_least(1))
+LOOKSAM_ALPHA = _hyperparameter("looksam_alpha", ValueKind.REAL, 0.7,
+                                "LookSAM's weight of the reused direction", "A", at_least(0))
+MSAM_M = _hyperparameter("msam_m", ValueKind.INT, 4,
+                         "m-SAM's micro-batches per batch, each perturbed by its own gradient",
+                         "M", at_least(1))
+RST_P = _hyperparameter("rst_p", ValueKind.REAL, 0.5,
+                        "RST's probability of a SAM step, in [0, 1]", "P", at_least(0),
+                        at_most(1))
+BSAM_DAMPING = _hyperparameter("bsam_damping", ValueKind.REAL, 0.1,
+                               "BSAM's damping of the precision update", "D", at_least(0))
+BSAM_S_INIT = _hyperparameter("bsam_s_init", ValueKind.REAL, 1.0,
+                              "BSAM's initial precision", "S", greater_than(0))
+
 #: Every hyperparameter setting any kind reads, in the order the flags are listed.
 HYPERPARAMETERS: tuple[Setting, ...] = (
     LR, MOMENTUM, WEIGHT_DECAY, RHO, KAPPA, GAMMA, REFRESH_EVERY, START_STEP,
+    GSAM_ALPHA, WSAM_GAMMA, FRIENDLY_SIGMA, FRIENDLY_LAMBDA, LOOKSAM_K, LOOKSAM_ALPHA, MSAM_M,
+    RST_P, BSAM_DAMPING, BSAM_S_INIT,
 )
 
 _SGD_READS = ("lr", "momentum", "weight_decay")
@@ -177,8 +214,11 @@ def _adamw(params: Sequence[Any], hp: Hyperparameters) -> Any:
     return torch.optim.AdamW(params, lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
 
 
-def _sam_family(class_name: str) -> Callable[[Sequence[Any], Hyperparameters], Any]:
-    """A builder of ``samhess.optim.<class_name>`` over SGD."""
+def _sam_family(class_name: str, seeded: bool = False,
+                **own: str) -> Callable[[Sequence[Any], Hyperparameters], Any]:
+    """A builder of ``samhess.optim.<class_name>`` over SGD; ``own`` maps the class's keyword
+    arguments to the settings that hold them (``alpha="gsam_alpha"``); a ``seeded`` class draws
+    from a generator seeded by the run's seed."""
 
     def build(params: Sequence[Any], hp: Hyperparameters) -> Any:
         import torch
@@ -186,11 +226,25 @@ def _sam_family(class_name: str) -> Callable[[Sequence[Any], Hyperparameters], A
         import samhess.optim
 
         optimizer_class = getattr(samhess.optim, class_name)
+        extra = {argument: hp[setting] for argument, setting in own.items()}
+        if seeded:
+            extra["seed"] = int(hp.get("seed", 0))
         return optimizer_class(params, torch.optim.SGD, rho=float(hp["rho"]), lr=float(hp["lr"]),
                                momentum=float(hp["momentum"]),
-                               weight_decay=float(hp["weight_decay"]))
+                               weight_decay=float(hp["weight_decay"]), **extra)
 
     return build
+
+
+def _bsam(params: Sequence[Any], hp: Hyperparameters) -> Any:
+    from samhess.optim import BSAM
+
+    if hp.get("num_data") is None:
+        raise ValueError("bsam needs num_data, the number of training examples")
+    return BSAM(params, num_data=int(hp["num_data"]), lr=float(hp["lr"]),
+                weight_decay=float(hp["weight_decay"]), rho=float(hp["rho"]),
+                damping=float(hp["bsam_damping"]), s_init=float(hp["bsam_s_init"]),
+                seed=int(hp.get("seed", 0)))
 
 
 def _ire_over(base: OptimizerKind) -> Callable[[Sequence[Any], Hyperparameters], Any]:
@@ -276,8 +330,8 @@ def ire_kind(name: str, label: str, colour: str, base: OptimizerKind) -> Optimiz
         name=name, label=label, colour=colour,
         summary=f"IRE over {base.label} (Wang et al., NeurIPS 2024): D = (I + kappa M) D_base",
         build=_ire_over(base), reads=(*base.reads, *_IRE_READS), defaults=base.defaults,
-        protocol=base.protocol, base=base.name, flatness_reference=None,
-        claims=(ClaimKind.FLAT_FIRST_VS_BASE,))
+        protocol=base.protocol, per_replica_ascent=base.per_replica_ascent, base=base.name,
+        flatness_reference=None, claims=(ClaimKind.FLAT_FIRST_VS_BASE,), check=base.check)
 
 
 SGD = register(OptimizerKind(
@@ -287,17 +341,17 @@ SAM = register(OptimizerKind(
     name="sam", label="SAM", colour="#d62728",
     summary="SAM over SGD, e = rho g / ||g|| (Foret et al., ICLR 2021)",
     build=_sam_family("SAM"), reads=_SAM_READS, protocol=StepProtocol.TWO_PASS,
-    flatness_reference="sgd", claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)))
+    per_replica_ascent=True, flatness_reference="sgd", claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)))
 USAM = register(OptimizerKind(
     name="usam", label="USAM", colour="#ff7f0e",
     summary="unnormalized SAM over SGD, e = rho g (Andriushchenko & Flammarion, ICML 2022)",
     build=_sam_family("USAM"), reads=_SAM_READS, protocol=StepProtocol.TWO_PASS,
-    flatness_reference="sgd", claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)))
+    per_replica_ascent=True, flatness_reference="sgd", claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)))
 ASAM = register(OptimizerKind(
     name="asam", label="ASAM", colour="#8c564b",
     summary="adaptive SAM over SGD, e = rho |w|^2 g / || |w| g || (Kwon et al., ICML 2021)",
     build=_sam_family("ASAM"), reads=_SAM_READS, defaults={"rho": 0.5},
-    protocol=StepProtocol.TWO_PASS, flatness_reference="sgd",
+    protocol=StepProtocol.TWO_PASS, per_replica_ascent=True, flatness_reference="sgd",
     claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)))
 IRE = register(ire_kind("ire", "IRE", "#2ca02c", SGD))
 SAM_IRE = register(ire_kind("sam-ire", "SAM-IRE", "#9467bd", SAM))
@@ -305,3 +359,52 @@ ADAMW = register(OptimizerKind(
     name="adamw", label="AdamW", colour="#7f7f7f", summary="torch.optim.AdamW", build=_adamw,
     reads=("lr", "weight_decay"), defaults={"lr": 1e-3}))
 ADMIRE = register(ire_kind("admire", "AdmIRE", "#17becf", ADAMW))
+
+_SHARP_AND_FLAT = (ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)
+GSAM = register(OptimizerKind(
+    name="gsam", label="GSAM", colour="#e377c2",
+    summary="surrogate-gap SAM over SGD: descend along g_p - alpha g_perp (Zhuang et al., "
+            "ICLR 2022)",
+    build=_sam_family("GSAM", alpha="gsam_alpha"), reads=(*_SAM_READS, "gsam_alpha"),
+    protocol=StepProtocol.TWO_PASS, flatness_reference="sgd", claims=_SHARP_AND_FLAT))
+WSAM = register(OptimizerKind(
+    name="wsam", label="WSAM", colour="#bcbd22",
+    summary="weighted SAM over SGD: g + gamma / (1 - gamma) (g_p - g) (Yue et al., KDD 2023)",
+    build=_sam_family("WSAM", gamma="wsam_gamma"), reads=(*_SAM_READS, "wsam_gamma"),
+    protocol=StepProtocol.TWO_PASS, flatness_reference="sgd", claims=_SHARP_AND_FLAT))
+FRIENDLY_SAM = register(OptimizerKind(
+    name="friendly-sam", label="FriendlySAM", colour="#aec7e8",
+    summary="SAM over SGD perturbing along g - sigma m_t, the gradient less its average "
+            "(Li et al., CVPR 2024)",
+    build=_sam_family("FriendlySAM", sigma="friendly_sigma", lmbda="friendly_lambda"),
+    reads=(*_SAM_READS, "friendly_sigma", "friendly_lambda"), protocol=StepProtocol.TWO_PASS,
+    flatness_reference="sgd", claims=_SHARP_AND_FLAT))
+LOOKSAM = register(OptimizerKind(
+    name="looksam", label="LookSAM", colour="#ffbb78",
+    summary="SAM over SGD every k steps, its orthogonal direction reused in between "
+            "(Liu et al., CVPR 2022)",
+    build=_sam_family("LookSAM", k="looksam_k", alpha="looksam_alpha"),
+    reads=(*_SAM_READS, "looksam_k", "looksam_alpha"), protocol=StepProtocol.TWO_PASS,
+    flatness_reference="sgd", claims=_SHARP_AND_FLAT))
+MSAM = register(OptimizerKind(
+    name="msam", label="m-SAM", colour="#98df8a",
+    summary="SAM over SGD with one perturbation per micro-batch (m-sharpness; Foret et al., "
+            "ICLR 2021; Andriushchenko & Flammarion, ICML 2022)",
+    build=_sam_family("MSAM", m="msam_m"), reads=(*_SAM_READS, "msam_m"),
+    protocol=StepProtocol.MICRO_BATCH, flatness_reference="sgd", claims=_SHARP_AND_FLAT,
+    check=lambda config: None if config.batch_size % config.msam_m == 0 else (
+        f"--msam-m {config.msam_m} must divide --batch-size {config.batch_size}")))
+RST = register(OptimizerKind(
+    name="rst", label="RST", colour="#c5b0d5",
+    summary="randomized switching: a SAM step with probability p, else an SGD step "
+            "(Zhao et al., 2022)",
+    build=_sam_family("RST", seeded=True, p="rst_p"), reads=(*_SAM_READS, "rst_p"),
+    protocol=StepProtocol.TWO_PASS, flatness_reference="sgd",
+    claims=(ClaimKind.FLATTER_THAN_REFERENCE,)))
+BSAM = register(OptimizerKind(
+    name="bsam", label="BSAM", colour="#c49c94",
+    summary="Bayesian SAM, an Adam-like update with noise and a learned precision "
+            "(Mollenhoff & Khan, ICLR 2023)",
+    build=_bsam, reads=("lr", "weight_decay", "rho", "bsam_damping", "bsam_s_init"),
+    defaults={"lr": 0.5, "rho": 0.01, "weight_decay": 1e-4}, protocol=StepProtocol.CLOSURE,
+    flatness_reference="sgd", claims=(ClaimKind.FLATTER_THAN_REFERENCE,)))

@@ -106,7 +106,8 @@ def build_task(config: Any) -> Task:
                          f"number of trainable parameters of the {config.model!r} model, {dim}")
     loss_fn = loss_for(data)
     kind = optimizer_kind(config.optimizer)
-    optimizer = build_optimizer(config.optimizer, model, config.to_dict())
+    optimizer = build_optimizer(config.optimizer, model,
+                                {**config.to_dict(), "num_data": data.num_train})
 
     train_x, train_y = _to(data.train_inputs, device, dtype), _to(data.train_targets, device, dtype)
     test_x, test_y = _to(data.test_inputs, device, dtype), _to(data.test_targets, device, dtype)

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from samhess.analysis._steps import micro_batch_count
+from samhess.curvature.batches import micro_batch
 from samhess.experiments.optimizer_kinds import OptimizerKind, StepProtocol
 
 __all__ = ["StepContext", "training_step", "refresh_ire_mask", "optimizer_parameters"]
@@ -61,10 +63,11 @@ class StepContext:
     def __post_init__(self) -> None:
         if self.train_model is None:
             self.train_model = self.model
-        if self.per_replica and self.kind.protocol is not StepProtocol.TWO_PASS:
+        if self.per_replica and not self.kind.per_replica_ascent:
             raise ValueError(
                 f"--sam-perturbation 'per-replica' is invalid for optimizer {self.kind.name!r}: "
-                "only two-pass optimizers (first_step/second_step) take a per-replica ascent")
+                "its step uses the first pass's gradient beyond the ascent, so replicas "
+                "perturbed apart would drift apart (sam, usam, asam and IRE over them take it)")
 
 
 def optimizer_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -163,7 +166,8 @@ def training_step(context: StepContext, batch: tuple) -> float:
         def closure(index: int | None = None) -> torch.Tensor:
             inputs, targets = shard.inputs, shard.targets
             if index is not None:
-                inputs, targets = _micro_batch(optimizer, inputs, targets, index)
+                inputs, targets = micro_batch((inputs, targets), index,
+                                              micro_batch_count(optimizer))
             optimizer.zero_grad(set_to_none=True)
             key = index if protocol is StepProtocol.MICRO_BATCH else None
             with torch.enable_grad(), _frozen_after_first(context.model, calls, key):
@@ -176,14 +180,3 @@ def training_step(context: StepContext, batch: tuple) -> float:
     if get_world_size() > 1:
         loss = weighted_mean_over_ranks(loss, shard.size)
     return float(loss)
-
-
-def _micro_batch(optimizer: Any, inputs: Any, targets: Any, index: int) -> tuple[Any, Any]:
-    """Micro-batch ``index`` of ``m`` equal contiguous parts (``m`` from the optimizer)."""
-    from samhess.optim import IRE
-
-    inner = optimizer.optimizer if isinstance(optimizer, IRE) else optimizer
-    count = int(inner.micro_batches)
-    size = inputs.shape[0] // count
-    part = slice(index * size, (index + 1) * size)
-    return inputs[part], targets[part]

@@ -100,8 +100,12 @@ class LookSAM(SAM):
                          **base_kwargs)
         self.step_count = 0
 
-    def _perturbs_this_step(self) -> bool:
+    def next_step_perturbs(self) -> bool:
+        """Whether the next step is a SAM step (every ``k``-th, from the first)."""
         return bool(self.step_count % self.k == 0)
+
+    def _perturbs_this_step(self) -> bool:
+        return self.next_step_perturbs()
 
     def _descent_gradients(self, groups: list[StepGroup]) -> None:
         params = [p for group in groups for p in group.params]

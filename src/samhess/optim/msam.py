@@ -158,6 +158,14 @@ class MSAM(SAM):
         self._micro_batches_done = 0
         return True
 
+    @property
+    def micro_batches(self) -> int:
+        """The number of micro-batches :math:`m`: an optimizer whose ``step(closure)`` calls
+        ``closure(i)`` says so here, and the callers (the training loop, the analysis) split the
+        batch into this many equal contiguous parts
+        (:func:`samhess.curvature.batches.micro_batch`)."""
+        return int(self.m)
+
     def step(self, closure: Callable[..., torch.Tensor] | None = None) -> torch.Tensor | None:
         """One m-SAM step over ``m`` micro-batches (see the class docstring).
 

@@ -88,9 +88,19 @@ class RST(SAM):
         self.generator = torch.Generator().manual_seed(seed)
         self._state_before_draw: torch.Tensor | None = None
 
+    def _draw(self, generator: torch.Generator) -> bool:
+        """One step's switch: SAM with probability ``p``."""
+        return bool(torch.rand((), generator=generator).item() < self.p)
+
+    def next_step_perturbs(self) -> bool:
+        """The next step's draw, read from a copy of the generator (which is not advanced)."""
+        copy = torch.Generator(device=self.generator.device)
+        copy.set_state(self.generator.get_state())
+        return self._draw(copy)
+
     def _perturbs_this_step(self) -> bool:
         self._state_before_draw = self.generator.get_state()
-        return bool(torch.rand((), generator=self.generator).item() < self.p)
+        return self._draw(self.generator)
 
     def _step_skipped(self) -> None:
         if self._state_before_draw is not None:

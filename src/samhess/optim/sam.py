@@ -347,6 +347,12 @@ class SAM(Optimizer):
 
     # -- hooks for variants ---------------------------------------------------------------------
 
+    def next_step_perturbs(self) -> bool:
+        """Whether the next step will perturb the weights and take the second pass, asked
+        without changing anything (the analysis uses it to predict that step). SAM: ``True``;
+        variants that sometimes take a single-pass step (LookSAM, RST) answer for theirs."""
+        return True
+
     def _perturbs_this_step(self) -> bool:
         """Whether the step now beginning perturbs the weights and takes the second pass.
 
