@@ -160,3 +160,26 @@ def test_every_kind_runs_through_the_command_line(tmp_path, monkeypatch, capsys,
     assert (kind.base is not None) == all(v is not None for v in vs_base)
     report = (tmp_path / "run" / "report.md").read_text()
     assert kind.label in report
+
+
+@pytest.mark.slow
+def test_a_comparison_of_the_variants_states_each_kinds_claims(tmp_path, monkeypatch, capsys):
+    """Every SAM variant beside SGD in one comparison: each has its gains in the summary and
+    the claims its kind declares in claims.json."""
+    from samhess.experiments.optimizer_kinds import ClaimKind
+
+    names = ["sgd", "sam", "gsam", "wsam", "friendly-sam", "looksam", "msam", "rst", "bsam"]
+    monkeypatch.chdir(tmp_path)
+    args = ["compare", "--optimizers", ",".join(names), "--seeds", "1", "--out", "cmp", "--quiet",
+            *tiny_cli_args(steps=4, track_every=2)]
+    assert main(args) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert list(summary) == names
+    assert all(summary[name]["sharp_flat_gain_ratio"]["mean"] is not None for name in names)
+    claims = [claim["claim"] for claim in
+              json.loads((tmp_path / "cmp" / "claims.json").read_text())]
+    for name in names[1:]:
+        kind = optimizer_kind(name)
+        stated = [text for text in claims if text.startswith(kind.label + " ")]
+        expected = {ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE} & set(kind.claims)
+        assert len(stated) == len(expected), (name, stated)
