@@ -24,6 +24,7 @@ from samhess._validation import check_bool, check_int_at_least
 from samhess.curvature.batches import check_batch, count_examples, describe
 from samhess.curvature.operators import resolve_parameters
 from samhess.experiments import runfiles
+from samhess.experiments.provenance import PROVENANCE_KEY, environment
 from samhess.experiments.runfiles import CONFIG_FILE, METRICS_FILE, TIMING_FILE, MetricsLog
 from samhess.experiments.tracking import (
     RECORD_KEYS,
@@ -170,6 +171,7 @@ class Tracker:
             "tracking_batch_size": examples,
             "dtype": str(params[0].dtype).removeprefix("torch."),
             "device": str(params[0].device),
+            PROVENANCE_KEY: [{**environment(params[0].device), "from_step": 0}],
         }
 
     def record(self, step: int, train_loss: float | torch.Tensor | None = None) -> dict[str, Any] | None:
@@ -198,7 +200,8 @@ class Tracker:
         with preserved_training_state(self.model):
             curvature = measure_curvature(self.model, self.optimizer, self.setup)
         values = {"step": step, "epoch": None, "batch_loss": None, "train_loss": loss,
-                  "train_accuracy": None, "test_loss": None, "test_accuracy": None, **curvature}
+                  "train_accuracy": None, "test_loss": None, "test_accuracy": None, **curvature,
+                  "layer_curvature": None}
         entry = {key: values[key] for key in RECORD_KEYS}
         self._log.append(entry)
         self._tracking_seconds += time.perf_counter() - started

@@ -40,3 +40,18 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "run"
     run_in_process(out, optimizer="sam-ire")
     return out
+
+
+#: The tiny comparison's command-line arguments (after ``compare --out DIR``).
+TINY_COMPARE_ARGS = ("--optimizers", "sgd,sam,ire", "--seeds", "2", "--quiet",
+                     *tiny_cli_args(steps=4, track_every=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_compare(tmp_path_factory):
+    """A finished comparison of SGD, SAM and IRE over two seeds of four steps."""
+    from samhess.cli import main
+
+    out = tmp_path_factory.mktemp("compare") / "cmp"
+    assert main(["compare", "--out", str(out), *TINY_COMPARE_ARGS]) == 0
+    return out

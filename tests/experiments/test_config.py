@@ -178,3 +178,30 @@ def test_tracking_defaults_follow_the_task():
     assert (given.tracking_batch_size, given.trace_matvecs) == (8, 9)
     compare = build_compare_config({}, {"dataset": "chars", "optimizers": "adamw,admire"})
     assert compare.run_config("admire", 0).tracking_batch_size == 64
+
+
+def test_per_layer_and_landscape_defaults_follow_the_task():
+    # per-layer curvature at every second record, off for the costly models; the landscape's
+    # grid smaller for them
+    digits = build_run_config({}, {"optimizer": "sgd", "track_every": 25})
+    assert (digits.layer_track_every, digits.landscape_points) == (50, 21)
+    chars = build_run_config({}, {"optimizer": "admire", "dataset": "chars"})
+    assert (chars.layer_track_every, chars.landscape_points) == (0, 11)
+    given = build_run_config({}, {"optimizer": "sgd", "dataset": "chars",
+                                  "layer_track_every": 100, "landscape_points": 0})
+    assert (given.layer_track_every, given.landscape_points) == (100, 0)
+    compare = build_compare_config({}, {"optimizers": "sgd,sam", "track_every": 10})
+    assert compare.run_config("sam", 1).layer_track_every == 20
+
+
+@pytest.mark.parametrize(("flags", "fragment"), [
+    ({"layer_track_every": 70}, "--layer-track-every 70 is invalid: it must be a multiple of "
+                                "--track-every 50"),
+    ({"layer_track_every": -1}, "--layer-track-every -1 is invalid: must be >= 0"),
+    ({"landscape_points": 2}, "--landscape-points 2 is invalid: must be 0 (no slices) or >= 3"),
+    ({"landscape_radius": 0}, "--landscape-radius 0.0 is invalid: must be > 0"),
+])
+def test_per_layer_and_landscape_settings_are_checked(flags, fragment):
+    with pytest.raises(ValueError) as error:
+        build_run_config({}, {"optimizer": "sgd", **flags})
+    assert fragment in str(error.value)

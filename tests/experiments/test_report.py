@@ -15,27 +15,16 @@ from pathlib import Path
 import pytest
 
 from samhess.cli import main
-from samhess.experiments.report import (
-    SUMMARY_KEYS,
-    Claim,
-    evaluate_claims,
-    steps_to_base_final_loss,
-)
+from samhess.experiments.report import FIGURES
+from samhess.experiments.report_claims import Claim, ClaimEvidence, evaluate_claims
+from samhess.experiments.report_summary import SUMMARY_KEYS, steps_to_base_final_loss
 
 from .conftest import TINY_RUN_FLAGS, tiny_cli_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPORT_FILES = ("summary.json", "claims.json", "report.md", "report.html", "plots/curves.png",
-                "plots/gains.png", "plots/taylor.png", "plots/spectrum.png")
-
-
-@pytest.fixture(scope="module")
-def tiny_compare(tmp_path_factory):
-    out = tmp_path_factory.mktemp("compare") / "cmp"
-    args = ["compare", "--optimizers", "sgd,sam,ire", "--seeds", "2", "--out", str(out),
-            "--quiet", *tiny_cli_args(steps=4, track_every=2)]
-    assert main(args) == 0
-    return out
+FIGURE_FILES = tuple(spec.filename for spec in FIGURES)
+REPORT_FILES = ("summary.json", "claims.json", "report.md", "report.html", "plots/figures.json",
+                *(f"plots/{name}" for name in FIGURE_FILES))
 
 
 def test_compare_writes_runs_summary_and_claims(tiny_compare, capsys):
@@ -67,8 +56,11 @@ def test_compare_writes_runs_summary_and_claims(tiny_compare, capsys):
     assert summary["sgd"]["ire_sharp_flat_gain_ratio_vs_base"]["mean"] is None
     assert "relative to its base optimizer SGD" in claims[1]["claim"]
     assert claims[1]["holds"] == (ire_vs_base < 1)
-    assert claims[2]["holds"] == (summary["sam"]["lambda_max"]["mean"]
-                                  < summary["sgd"]["lambda_max"]["mean"])
+    # "Flatter" is judged at the matched train loss, not at the last step.
+    matched = summary["sam"]["at_matched_train_loss"]
+    assert claims[2]["holds"] == (matched["lambda_max"]["mean"]
+                                  < summary["sgd"]["at_matched_train_loss"]["lambda_max"]["mean"])
+    assert f"train loss {matched['train_loss']:.4f}" in claims[2]["claim"]
     markdown = (tiny_compare / "report.md").read_text()
     assert ("HOLDS" in markdown) and "| optimizer |" in markdown
 
@@ -112,36 +104,68 @@ def test_pngs_are_valid_images(tiny_compare):
             image.verify()
 
 
-def test_html_embeds_every_plot(tiny_compare):
+def test_html_embeds_every_figure_under_its_caption(tiny_compare):
     text = (tiny_compare / "report.html").read_text()
-    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(embedded) == 4
-    for encoded in embedded:
-        assert base64.b64decode(encoded)[:8] == PNG_SIGNATURE
+    embedded = re.findall(r'<img id="([a-z]+)" alt="([^"]+)" src="data:image/png;base64,'
+                          r'([A-Za-z0-9+/=]+)"', text)
+    assert [name + ".png" for name, _, _ in embedded] == list(FIGURE_FILES)
+    for name, caption, encoded in embedded:
+        data = base64.b64decode(encoded)
+        assert data == (tiny_compare / "plots" / f"{name}.png").read_bytes()
+        assert f"<h2>{caption}</h2>" in text
+    captions = dict((name, html.unescape(caption)) for name, caption, _ in embedded)
+    # Captions say what the band is and how many seeds are drawn.
+    for name in ("curves", "dynamics", "eigenvalues"):
+        assert "mean over seeds; shaded band: lowest to highest seed" in captions[name]
+    for name in ("gains", "taylor", "spectrum"):
+        assert "every seed: 2 seeds" in captions[name]
+    assert "mean over 2 seeds" in captions["layers"]
     assert "src=\"http" not in text and "<script" not in text
 
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: Appended to a copy of the report (which has no script of its own): after loading, it counts
+#: the images and those that decoded, the page's and the viewport's widths, the elements whose
+#: right edge passes the viewport, and the table cells whose text takes more than one line.
+_RENDER_PROBE = """<script>window.addEventListener('load', () => {
+  const images = [...document.images];
+  const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  const page = document.documentElement;
+  const wide = [...document.body.querySelectorAll('*')]
+    .filter(e => e.getBoundingClientRect().right > page.clientWidth + 0.5).length;
+  let wrapped = 0;
+  for (const cell of document.querySelectorAll('td')) {
+    const range = document.createRange();
+    range.selectNodeContents(cell);
+    const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+    if (lines.size > 1) wrapped++;
+  }
+  document.body.setAttribute('data-probe',
+    [images.length, loaded, page.scrollWidth, page.clientWidth, wide, wrapped].join(':'));
+});</script>"""
+
+
+def _render(report: Path, page: Path, width: int = 1280) -> list[int]:
+    page.write_text(report.read_text().replace("</body>", _RENDER_PROBE + "</body>"))
+    result = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--window-size={width},900", "--virtual-time-budget=10000", "--dump-dom",
+         page.as_uri()], capture_output=True, text=True, timeout=180)
+    match = re.search(r'data-probe="([\d:]+)"', result.stdout)
+    assert match, result.stderr[-2000:]
+    return [int(value) for value in match.group(1).split(":")]
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(),
                     reason="headless Chromium (/usr/bin/chromium) is not installed")
-def test_html_renders_in_headless_chromium_with_every_image_loaded(tiny_compare, tmp_path):
-    # The report itself has no script; a copy with one appended reports each image's state.
-    probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
-             " document.body.setAttribute('data-images', imgs.length + ':' + imgs.filter("
-             "i => i.complete && i.naturalWidth > 0).length); });</script>")
-    page = tmp_path / "probe.html"
-    report = (tiny_compare / "report.html").read_text()
-    page.write_text(report.replace("</body>", probe + "</body>"))
-    result = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
-    match = re.search(r'data-images="(\d+):(\d+)"', result.stdout)
-    assert match, result.stderr[-2000:]
-    total, loaded = map(int, match.groups())
-    assert total == 4 and loaded == total
+def test_html_renders_in_headless_chromium_every_figure_loaded_nothing_overflowing(
+        tiny_compare, tmp_path):
+    images, loaded, page_width, viewport, wide, wrapped = _render(
+        tiny_compare / "report.html", tmp_path / "probe.html")
+    assert images == len(FIGURE_FILES) and loaded == images
+    assert 1200 <= viewport <= 1280  # the window, less a scroll bar
+    assert page_width <= viewport and wide == 0
+    assert wrapped == 0
 
 
 def test_compare_refuses_to_overwrite_without_resume_or_force(tiny_compare, capsys):
@@ -175,11 +199,21 @@ def _entry(ratio, lambda_max, vs_base=None):
             "ire_sharp_flat_gain_ratio_vs_base": stat(vs_base)}
 
 
+def _matched(*per_seed_lambda_max, loss=0.02):
+    values = list(per_seed_lambda_max)
+    mean = statistics.mean(values)
+    return {"train_loss": loss, "lambda_max": {"mean": mean, "std": 0.0},
+            "per_seed": [{"step": 100.0, "lambda_max": v, "hessian_trace": 1.0} for v in values]}
+
+
 def test_claims_say_plainly_when_they_fail():
-    summary = {"sgd": _entry(1.0, 5.0), "sam": _entry(0.9, 6.0), "ire": _entry(0.7, 4.0, 0.7),
+    summary = {"sgd": _entry(1.0, 5.0), "sam": _entry(0.9, 2.0), "ire": _entry(0.7, 4.0, 0.7),
                "sam-ire": _entry(1.3, 4.0, 0.8), "adamw": _entry(0.18, 3.0),
                "admire": _entry(0.29, 3.0, 1.6)}
-    claims = evaluate_claims(summary, {name: [] for name in summary})
+    # SAM ends lower than SGD (2.0 < 5.0) but at the matched train loss it is higher: the
+    # verdict follows the matched values.
+    matched = {"sgd": _matched(4.0, 5.0, 6.0), "sam": _matched(6.0, 4.5, 7.5)}
+    claims = evaluate_claims(ClaimEvidence(summary, {name: [] for name in summary}, matched))
     assert [c.claim.split()[0] for c in claims] == ["SAM", "IRE", "SAM-IRE", "AdmIRE", "SAM"]
     # Each IRE kind is judged on its ratio against its own base's step, not the gradient
     # step: SAM-IRE holds at 0.8 although 1.3 against the gradient; AdmIRE fails at 1.6 although
@@ -190,7 +224,15 @@ def test_claims_say_plainly_when_they_fail():
                                        "than sharp ones, relative to its base optimizer AdamW")
     assert "AdmIRE's ratio against AdamW's step is 1.600" in claims[3].evidence
     assert "against a plain gradient step it is 0.290" in claims[3].evidence
+    assert claims[4].claim == ("SAM is flatter than SGD at matched train loss (lower lambda_max "
+                               "where both reach train loss 0.0200)")
     assert "6.000 (SAM) vs 5.000 (SGD)" in claims[4].evidence
+    assert "lower in 1 of 3 seeds" in claims[4].evidence
+    assert "at the last step 2.000 vs 5.000" in claims[4].evidence
+    # Without a matched loss the claim is undecided, never judged on the final values.
+    undecided = evaluate_claims(ClaimEvidence({"sgd": summary["sgd"], "sam": summary["sam"]},
+                                              {}, {}))
+    assert [c.holds for c in undecided] == [False, None]
     assert Claim("x", None, "no data").line().startswith("UNDECIDED")
 
 
@@ -260,13 +302,14 @@ def test_report_states_per_optimizer_whether_the_taylor_error_falls_like_rho(tin
     markdown = (tiny_compare / "report.md").read_text(encoding="utf-8")
     page = (tiny_compare / "report.html").read_text(encoding="utf-8")
     for name in ("sgd", "sam", "ire"):
-        # the report plots the first seed's analysis
-        analysis = json.loads(
-            (tiny_compare / name / "seed-0" / "analysis" / "analysis.json").read_text())
-        order = analysis["taylor"]["order"]
-        falls_like_rho = 0.8 <= order <= 1.2
-        line = next(text for text in markdown.splitlines() if text.startswith(f"- {name}: slope "))
-        assert line.startswith(f"- {name}: slope {order:.2f} of log error against log rho; ")
-        assert ("the error falls like rho" in line) == falls_like_rho
-        assert ("does not fall like rho" in line) == (not falls_like_rho)
+        orders = [json.loads((tiny_compare / name / f"seed-{seed}" / "analysis" / "analysis.json")
+                             .read_text())["taylor"]["order"] for seed in (0, 1)]
+        inside = sum(1 for order in orders if 0.8 <= order <= 1.2)
+        line = next(text for text in markdown.splitlines()
+                    if text.startswith(f"- {name}: slopes "))
+        slopes = ", ".join(f"{order:.2f}" for order in orders)
+        assert line.startswith(f"- {name}: slopes {slopes} of log error against log rho "
+                               "(seeds 0, 1); ")
+        assert ("the error falls like rho" in line) == (inside == 2)
+        assert (f"outside [0.8, 1.2] for {2 - inside} of 2 seeds" in line) == (inside < 2)
         assert line[2:-1] in html.unescape(page)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from samhess.cli import main
-from samhess.experiments.report import SUMMARY_KEYS
+from samhess.experiments.report_summary import SUMMARY_KEYS
 from samhess.experiments.tracking import RECORD_KEYS
 from samhess.experiments.task import epoch_permutation
 
@@ -27,9 +27,12 @@ def read_records(run_dir: Path) -> list[dict]:
 def test_tiny_run_writes_the_documented_files(tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["optimizer"] == "sam-ire" and config["model"] == "mlp" and config["lr"] == 0.1
+    # per-layer curvature every 2 records by default: steps 0 and 6 of a run tracked every 3
+    assert config["layer_track_every"] == 2 * TINY_RUN_FLAGS["track_every"]
 
     records = read_records(tiny_run)
     assert [r["step"] for r in records] == [0, 3, 6]
+    assert [r["layer_curvature"] is not None for r in records] == [True, False, True]
     for record in records:
         assert tuple(record) == RECORD_KEYS
         assert len(record["eigenvalues"]) == TINY_RUN_FLAGS["top_k"]
@@ -49,10 +52,15 @@ def test_tiny_run_writes_the_documented_files(tiny_run):
     assert summary["seconds_per_step"]["mean"] == timing["seconds_per_step"]
 
     analysis = json.loads((tiny_run / "analysis" / "analysis.json").read_text())
-    expected = {"gains", "sharp_flat", "taylor", "spectral_density", "ire_mask_quality"}
+    expected = {"gains", "sharp_flat", "taylor", "spectral_density", "ire_mask_quality",
+                "landscape"}
     assert expected <= set(analysis)
     assert analysis["step"] == 6
-    for name in ("curves.png", "gains.png", "taylor.png", "spectrum.png"):
+    points = config["landscape_points"]
+    assert len(analysis["landscape"]["plane"]) == points == 21
+    assert analysis["landscape"]["evaluations"] == points * points + 2 * points + 1
+    for name in ("curves.png", "dynamics.png", "eigenvalues.png", "layers.png", "gains.png",
+                 "taylor.png", "spectrum.png", "landscape.png"):
         assert (tiny_run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tiny_run / "checkpoint.pt").exists()
     assert (tiny_run / "report.html").exists() and (tiny_run / "report.md").exists()
@@ -72,7 +80,8 @@ def test_analyze_recomputes_the_final_analysis_from_the_checkpoint(tiny_run, tmp
     (copy / "analysis" / "analysis.json").unlink()
     assert main(["analyze", str(copy)]) == 0
     assert "sharp/flat gain ratio" in capsys.readouterr().out
-    for name in ("gains.png", "sharp_flat.png", "taylor.png", "spectral_density.png"):
+    for name in ("gains.png", "sharp_flat.png", "taylor.png", "spectral_density.png",
+                 "landscape.png"):
         assert (copy / "analysis" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The checkpoint restores model, optimizer and IRE mask exactly: the same numbers result.
     assert ((copy / "analysis" / "analysis.json").read_bytes()
@@ -152,3 +161,65 @@ def test_force_replaces_a_run(tiny_run, tmp_path):
     run_in_process(copy, optimizer="sgd", steps=3, force=True)
     assert [r["step"] for r in read_records(copy)] == [0, 3]
     assert (copy / "notes.txt").read_text() == "mine"
+
+
+def test_config_json_records_where_the_run_was_computed(tiny_run):
+    import platform
+
+    import numpy
+    import torch
+
+    import samhess
+    from samhess.experiments.config import RunConfig
+
+    stored = json.loads((tiny_run / "config.json").read_text())
+    (environment,) = stored["provenance"]
+    assert environment["samhess"] == samhess.__version__
+    assert environment["torch"] == torch.__version__
+    assert environment["numpy"] == numpy.__version__
+    assert environment["python"] == platform.python_version()
+    assert environment["device"].startswith("cpu: ")
+    assert environment["torch_threads"] == 1 and environment["processes"] == 1
+    assert environment["from_step"] == 0
+    checkout = Path(samhess.__file__).resolve().parents[2]
+    if (checkout / ".git").exists():
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert environment["git_commit"] == head
+        assert isinstance(environment["git_modified"], bool)
+    else:
+        assert environment["git_commit"] is None
+    # the provenance is no part of the configuration read back
+    assert RunConfig.from_dict(stored).to_dict() == {
+        key: value for key, value in stored.items() if key != "provenance"}
+
+
+def test_resume_in_another_environment_continues_and_records_it(tmp_path):
+    """A run started under another torch version (as its config.json says) resumes, ends with
+    the metrics of a straight run, and records the environment it continued in."""
+    straight = tmp_path / "straight"
+    run_in_process(straight, **KILL_FLAGS, optimizer="sgd")
+    resumed = tmp_path / "resumed"
+    run_in_process(resumed, **{**KILL_FLAGS, "steps": 12}, optimizer="sgd")
+    config = json.loads((resumed / "config.json").read_text())
+    assert [entry["from_step"] for entry in config["provenance"]] == [0]
+    config["steps"] = KILL_FLAGS["steps"]
+    config["provenance"][0]["torch"] = "1.0.0-elsewhere"
+    (resumed / "config.json").write_text(json.dumps(config))
+    # the checkpoint's configuration must match too: rewrite it for the longer run
+    import torch
+
+    from samhess.experiments.config import RunConfig
+
+    checkpoint = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    checkpoint["config"] = RunConfig.from_dict(config).identity()
+    torch.save(checkpoint, resumed / "checkpoint.pt")
+    result = run_in_process(resumed, **KILL_FLAGS, optimizer="sgd", resume=True)
+    assert result.resumed_from == 12
+    assert (resumed / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
+    entries = json.loads((resumed / "config.json").read_text())["provenance"]
+    assert [entry["torch"] for entry in entries] == ["1.0.0-elsewhere", torch.__version__]
+    assert [entry["from_step"] for entry in entries] == [0, 12]
+    # resuming again in the same environment adds nothing
+    run_in_process(resumed, **KILL_FLAGS, optimizer="sgd", resume=True)
+    assert json.loads((resumed / "config.json").read_text())["provenance"] == entries

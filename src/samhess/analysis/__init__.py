@@ -18,7 +18,10 @@
   Hessian-noise and gradient-noise parts;
 * :func:`validity_map`: where the first-order picture holds, against
   :math:`\\rho\\lambda/\\lVert g\\rVert` and batch size;
-* :func:`plot_gains`, :func:`plot_taylor`, :func:`plot_validity`: PNG figures.
+* :func:`loss_landscape`: the loss along the top eigenvector and along filter-normalized random
+  directions (Li et al., NeurIPS 2018);
+* :func:`plot_gains`, :func:`plot_taylor`, :func:`plot_validity`, :func:`plot_landscape`: PNG
+  figures.
 
 Every result is a dataclass with ``to_dict()`` (strict JSON). The derivation, corrected, and
 which function measures which line of it: ``docs/theory.md``.
@@ -32,7 +35,8 @@ from samhess.analysis.gains import (
 )
 from samhess.analysis.mask_quality import flat_mask_vector, ire_mask_quality
 from samhess.analysis.minibatch import minibatch_decomposition
-from samhess.analysis.plots import plot_gains, plot_taylor, plot_validity
+from samhess.analysis.landscape import LandscapeSlices, filter_normalized_direction, loss_landscape
+from samhess.analysis.plots import plot_gains, plot_landscape, plot_taylor, plot_validity
 from samhess.analysis import variant_predictions  # noqa: F401  (registers the variants' rules)
 from samhess.analysis.predictions import (
     FirstOrderPrediction,
@@ -82,6 +86,10 @@ __all__ = [
     "plot_gains",
     "plot_taylor",
     "plot_validity",
+    "plot_landscape",
+    "loss_landscape",
+    "filter_normalized_direction",
+    "LandscapeSlices",
     "TaylorCheck",
     "TraceIdentityCheck",
     "DirectionalGains",

@@ -14,9 +14,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from samhess._validation import check_choice
+from samhess.analysis.landscape import LandscapeSlices
 from samhess.analysis.results import DirectionalGains, SharpFlatGains, TaylorCheck, ValidityMap
 
-__all__ = ["plot_gains", "plot_taylor", "plot_validity"]
+__all__ = ["plot_gains", "plot_taylor", "plot_validity", "plot_landscape"]
 
 
 def _new_figure() -> tuple[Figure, object]:
@@ -141,3 +142,49 @@ def plot_validity(result: ValidityMap, path: str | Path, against: str = "x") -> 
     axes.set_title("Validity of SAM's first-order gain", fontsize=10)
     axes.legend(fontsize=8)
     return _save(figure, path)
+
+
+def plot_landscape(result: LandscapeSlices, path: str | Path) -> Path:
+    """The loss slices of :func:`samhess.analysis.landscape.loss_landscape`: the two 1-D slices
+    (log loss) beside the 2-D slice's filled contours (levels spaced in log loss).
+
+    Returns:
+        The path written.
+    """
+    if not isinstance(result, LandscapeSlices):
+        raise TypeError(f"result must be LandscapeSlices, got {type(result).__name__}")
+    figure = Figure(figsize=(10.0, 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    lines, plane = figure.subplots(1, 2)
+    offsets = np.array(result.offsets, dtype=float)
+    if result.along_top_eigenvector is not None:
+        label = "top eigenvector v1 (distance)"
+        if result.top_eigenvalue is not None:
+            label += f", lambda1 = {result.top_eigenvalue:.3g}"
+        lines.plot(offsets, _finite(result.along_top_eigenvector), "-", label=label)
+    lines.plot(offsets, _finite(result.along_random_direction), "--",
+               label="filter-normalized random d1 (filter norms)")
+    lines.set_yscale("log")
+    lines.set_xlabel("offset from the trained weights")
+    lines.set_ylabel("loss")
+    lines.legend(fontsize=8)
+    surface = np.array([_finite(row) for row in result.plane], dtype=float)
+    positive = surface[np.isfinite(surface) & (surface > 0)]
+    levels = np.geomspace(positive.min(), positive.max(), 13) if positive.size else 12
+    filled = plane.contourf(offsets, offsets, surface, levels=levels,
+                            norm=_log_norm(positive), cmap="viridis")
+    plane.plot([0.0], [0.0], "w+", markersize=10)
+    plane.set_xlabel("alpha along d1 (filter norms)")
+    plane.set_ylabel("beta along d2 (filter norms)")
+    plane.set_aspect("equal")
+    figure.colorbar(filled, ax=plane, label="loss")
+    figure.suptitle("Loss around the trained weights (Li et al., NeurIPS 2018)", fontsize=10)
+    return _save(figure, path)
+
+
+def _log_norm(values: np.ndarray):
+    from matplotlib.colors import LogNorm
+
+    if not values.size:
+        return None
+    return LogNorm(vmin=float(values.min()), vmax=float(values.max()))

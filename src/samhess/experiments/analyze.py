@@ -13,7 +13,10 @@ mask) of the last checkpoint:
   :func:`samhess.analysis.taylor_check`;
 * ``ire_mask_quality`` (IRE kinds): how much of the sharp eigenvectors' mass falls on the
   coordinates the mask calls flat -- :func:`samhess.analysis.ire_mask_quality`;
-* ``spectral_density``: stochastic Lanczos quadrature -- :func:`samhess.curvature.spectral_density`.
+* ``spectral_density``: stochastic Lanczos quadrature -- :func:`samhess.curvature.spectral_density`;
+* ``landscape`` (unless ``landscape_points`` is 0): the loss along the top eigenvector, along a
+  filter-normalized random direction, and over the plane of two such directions, on the
+  tracking batch -- :func:`samhess.analysis.landscape.loss_landscape`.
 
 A run writes ``RUN_DIR/analysis/analysis.json`` at its end (its report plots it);
 ``samhess analyze`` recomputes it from the checkpoint and adds a PNG per result beside it. The
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,17 +50,30 @@ def _to_dict(result: Any) -> dict[str, Any]:
     return runfiles.json_safe(result.to_dict() if hasattr(result, "to_dict") else dict(result))
 
 
-def final_analysis(task: Any, *, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+#: The parts of the final analysis, in the order they are computed (progress phases).
+ANALYSIS_PHASES = ("eigenvectors", "gains", "Taylor check", "spectral density", "landscape")
+
+
+def final_analysis(task: Any, *, step: int,
+                   phase: Callable[[str], None] | None = None
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The seed analysis of ``task``'s model and optimizer as they are now.
 
     Leaves the model, the optimizer and every RNG as it found them.
+
+    Args:
+        task: the run's task, with the final model and optimizer.
+        step: the step the model was trained to.
+        phase: called with each name of :data:`ANALYSIS_PHASES` as that part starts (progress).
 
     Returns:
         The analysis as JSON data, and the result objects (for the plot helpers).
     """
     from samhess.analysis import directional_gains, sharp_flat_gains
+    from samhess.analysis.landscape import loss_landscape
     from samhess.curvature import HessianOperator, eigenpairs, spectral_density
 
+    announce = phase or (lambda name: None)
     config = task.config
     setup = task.tracking
     model, optimizer, loss_fn, batch = task.model, task.optimizer, task.loss_fn, setup.batch
@@ -65,10 +82,12 @@ def final_analysis(task: Any, *, step: int) -> tuple[dict[str, Any], dict[str, A
                               "batch_size": int(batch[0].shape[0])}
     objects: dict[str, Any] = {}
     with preserved_training_state(model):
+        announce("eigenvectors")
         operator = HessianOperator(model, loss_fn, batch, params=params)
         dim = operator.dim
         top = eigenpairs(operator, min(max(GAIN_DIRECTIONS, config.top_k), dim - 1),
                          which="largest", seed=setup.seed)
+        announce("gains")
         objects["gains"] = directional_gains(model, loss_fn, batch, optimizer, top,
                                              params=params)
         gains = _to_dict(objects["gains"])
@@ -80,9 +99,11 @@ def final_analysis(task: Any, *, step: int) -> tuple[dict[str, Any], dict[str, A
                                                  k=config.top_k, sharp=top, params=params,
                                                  seed=setup.seed)
         result["sharp_flat"] = _to_dict(objects["sharp_flat"])
+        announce("Taylor check")
         objects["taylor"] = _taylor_in_float64(task)
         result["taylor"] = _to_dict(objects["taylor"])
         result["ire_mask_quality"] = _mask_quality(task, top, params)
+        announce("spectral density")
         objects["spectral_density"] = spectral_density(
             operator, num_probes=config.density_probes,
             lanczos_steps=min(config.density_lanczos_steps, dim), grid=DENSITY_GRID,
@@ -91,6 +112,14 @@ def final_analysis(task: Any, *, step: int) -> tuple[dict[str, Any], dict[str, A
         result["spectral_density"] = {"grid": density["grid"], "density": density["density"],
                                       "sigma": density["sigma"]}
         result["hessian_matvecs"] = int(operator.num_matvecs)
+        result["landscape"] = None
+        if config.landscape_points:
+            announce("landscape")
+            objects["landscape"] = loss_landscape(
+                model, loss_fn, batch, params=params, top_eigenvector=top.eigenvectors[:, 0],
+                top_eigenvalue=float(top.eigenvalues[0]), points=config.landscape_points,
+                radius=config.landscape_radius, seed=setup.seed)
+            result["landscape"] = _to_dict(objects["landscape"])
     return result, objects
 
 
@@ -145,28 +174,34 @@ def write_analysis(run_dir: Path, analysis: dict[str, Any], objects: dict[str, A
     Returns:
         The PNG paths.
     """
-    from samhess.analysis import plot_gains, plot_taylor
+    from samhess.analysis import plot_gains, plot_landscape, plot_taylor
     from samhess.curvature import plot_spectral_density
 
     directory = run_dir / ANALYSIS_DIR
     runfiles.write_json_atomic(directory / ANALYSIS_JSON, analysis)
     if not plots or not runfiles.is_main_process():
         return []
-    return [
+    files = [
         _plot_atomically(plot_gains, objects["gains"], directory / "gains.png"),
         _plot_atomically(plot_gains, objects["sharp_flat"], directory / "sharp_flat.png"),
         _plot_atomically(plot_taylor, objects["taylor"], directory / "taylor.png"),
         _plot_atomically(plot_spectral_density, objects["spectral_density"],
                          directory / "spectral_density.png"),
     ]
+    if "landscape" in objects:
+        files.append(_plot_atomically(plot_landscape, objects["landscape"],
+                                      directory / "landscape.png"))
+    return files
 
 
-def analyze_final_model(run_dir: Path, task: Any, *, step: int) -> dict[str, Any]:
+def analyze_final_model(run_dir: Path, task: Any, *, step: int,
+                        phase: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Analyse a run's final model (called at the end of a run) and write analysis.json.
 
     The run's report draws these numbers; ``samhess analyze`` adds the per-result PNGs.
+    ``phase`` is called as each part of the analysis starts (:func:`final_analysis`).
     """
-    analysis, objects = final_analysis(task, step=step)
+    analysis, objects = final_analysis(task, step=step, phase=phase)
     write_analysis(run_dir, analysis, objects, plots=False)
     return analysis
 

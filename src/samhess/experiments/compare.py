@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from typing import Any
 from samhess.distributed import is_main_process, on_main_process
 from samhess.experiments import runfiles
 from samhess.experiments.config import PRESENTATION_KEYS, CompareConfig
-from samhess.experiments.progress import progress_enabled
-from samhess.experiments.report import Report, build_report, run_dir_of
-from samhess.experiments.runfiles import COMPARE_FILE, CONFIG_FILE
+from samhess.experiments.progress import ComparisonProgress, progress_enabled
+from samhess.experiments.report import Report, build_report
+from samhess.experiments.report_runs import run_dir_of
+from samhess.experiments.runfiles import COMPARE_FILE, CONFIG_FILE, TIMING_FILE
 from samhess.experiments.task import build_task
 from samhess.experiments.train import run_experiment
 
@@ -123,21 +125,39 @@ def run_compare(config: CompareConfig, out: str | Path, *, resume: bool = False,
     # Under torchrun, rank 0 decides what the directory holds and every rank follows.
     on_main_process(_prepare_compare_dir, out, config, resume=resume, force=force)
     total = len(members)
-    show = progress_enabled(quiet)
+    show = progress_enabled(quiet) and is_main_process()
+    progress = ComparisonProgress([name for name, _, _ in members], enabled=show)
     try:
         for index, (name, seed, run_config) in enumerate(members, start=1):
             run_dir = run_dir_of(out, name, seed)
             desc = f"[{index}/{total}] {name} seed {seed}"
             continuing = resume and on_main_process(runfiles.holds_run, run_dir)
+            trained = continuing and on_main_process(_trained_to, run_dir) == run_config.steps
+            started = time.perf_counter()
             run_experiment(run_config, run_dir, resume=continuing, quiet=not show,
-                           progress_desc=desc, write_report=False)
+                           progress_desc=desc, write_report=False, comparison=progress)
+            if trained:
+                progress.skipped()
+            else:
+                progress.finished(name, time.perf_counter() - started)
     except BaseException:
         # A new comparison whose first run failed before its first record (that run has
         # removed its own files) leaves the directory as it found it.
         if fresh:
             _abandon_comparison(out, config, created)
         raise
+    finally:
+        progress.close()
     return CompareResult(out=out, report=on_main_process(build_report, out))
+
+
+def _trained_to(run_dir: Path) -> int | None:
+    """The steps a member run had trained when its timing was last written."""
+    try:
+        timing = runfiles.read_json(run_dir / TIMING_FILE)
+    except ValueError:
+        return None
+    return timing.get("steps") if isinstance(timing, dict) else None
 
 
 def _abandon_comparison(out: Path, config: CompareConfig, created: bool) -> None:

@@ -83,6 +83,13 @@ DEFAULT_TRACKING_TOKENS = 4096
 DEFAULT_TRACE_MATVECS = 30
 DEFAULT_TRACE_MATVECS_LARGE = 15
 
+#: Per-layer curvature is recorded at every this many records (the default of
+#: ``layer_track_every``, in records rather than steps so that it stays a multiple).
+LAYER_RECORD_SPACING = 2
+#: Points per axis of the final loss-landscape slices (the default, and for large models).
+DEFAULT_LANDSCAPE_POINTS = 21
+DEFAULT_LANDSCAPE_POINTS_LARGE = 11
+
 #: The config-file key of the output directory (``--out``), read by the command line.
 OUTPUT_KEY = "out"
 DEFAULT_COMPARE_OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "ire", "sam-ire")
@@ -156,6 +163,12 @@ GENERAL_SETTINGS: tuple[Setting, ...] = (
             "language models"),
     Setting("eval_examples", _V.INT, None, "train/test examples for loss and accuracy",
             TRACKING, "N", (at_least(1),), nullable=True, resolved_default="all"),
+    Setting("layer_track_every", _V.INT, None,
+            "steps between per-layer curvature records (lambda_max and Tr(H) of each layer's "
+            "diagonal Hessian block); a multiple of --track-every, 0 for none", TRACKING, "K",
+            (at_least(0),), nullable=True,
+            resolved_default=f"{LAYER_RECORD_SPACING} x --track-every; 0 for the transformer, "
+            "vit, resnets and language models"),
     Setting("taylor_rhos", _V.REALS, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
             "radii of the final Taylor check (comma-separated)", ANALYSIS, "RHOS",
             (greater_than(0), at_most(10)), min_items=2),
@@ -163,6 +176,17 @@ GENERAL_SETTINGS: tuple[Setting, ...] = (
             ANALYSIS, "P", (at_least(1),)),
     Setting("density_lanczos_steps", _V.INT, 30, "Lanczos steps per spectral-density probe",
             ANALYSIS, "S", (at_least(2),)),
+    Setting("landscape_points", _V.INT, None,
+            "points per axis of the final loss-landscape slices (the 2-D slice evaluates the "
+            "loss at points^2 models); 0 for none", ANALYSIS, "N",
+            (Bound(lambda v: v == 0 or v >= 3, "must be 0 (no slices) or >= 3"),),
+            nullable=True,
+            resolved_default=f"{DEFAULT_LANDSCAPE_POINTS}; {DEFAULT_LANDSCAPE_POINTS_LARGE} for "
+            "the transformer, vit, resnets and language models"),
+    Setting("landscape_radius", _V.REAL, 1.0,
+            "half-width of the loss-landscape slices: the distance along the top eigenvector, "
+            "and the step in units of each filter's norm along the random directions",
+            ANALYSIS, "R", (greater_than(0),)),
     Setting("tensorboard", _V.BOOL, False, "also write TensorBoard event files", OUTPUT,
             identity=False),
 )
@@ -203,8 +227,11 @@ def _to_dict(self: Any) -> dict[str, Any]:
 
 
 def _from_dict(cls: type, values: Mapping[str, Any]) -> Any:
-    """Validate ``values`` (as read back from ``config.json``) into a config."""
-    return resolve(validate_values(values, source="config.json"))
+    """Validate ``values`` (as read back from ``config.json``, provenance and all) into a
+    config."""
+    from samhess.experiments.provenance import run_settings
+
+    return resolve(validate_values(run_settings(values), source="config.json"))
 
 
 def _identity(self: Any) -> dict[str, Any]:
@@ -286,6 +313,14 @@ def validate_values(values: Mapping[str, Any], *, source: str) -> dict[str, Any]
     return out
 
 
+def is_large_task(dataset: str, model: str) -> bool:
+    """Whether a task's Hessian-vector products are costly (:data:`LARGE_MODELS`, or token
+    data), so that its tracking and analysis defaults are frugal."""
+    from samhess.experiments.data import LANGUAGE_MODEL_DATASETS
+
+    return model in LARGE_MODELS or dataset in LANGUAGE_MODEL_DATASETS
+
+
 def default_tracking(dataset: str, model: str) -> tuple[int, int]:
     """The default ``(tracking_batch_size, trace_matvecs)`` of a task.
 
@@ -306,7 +341,7 @@ def default_tracking(dataset: str, model: str) -> tuple[int, int]:
     """
     from samhess.experiments.data import LANGUAGE_MODEL_DATASETS, dataset_options
 
-    large = model in LARGE_MODELS or dataset in LANGUAGE_MODEL_DATASETS
+    large = is_large_task(dataset, model)
     if dataset in LANGUAGE_MODEL_DATASETS:
         batch = max(1, DEFAULT_TRACKING_TOKENS // int(dataset_options(dataset)["seq_len"]))
     else:
@@ -329,6 +364,16 @@ def _resolve_task(config: Any) -> dict[str, Any]:
             changes["tracking_batch_size"] = batch
         if config.trace_matvecs is None:
             changes["trace_matvecs"] = matvecs
+    large = is_large_task(config.dataset, changes.get("model", config.model))
+    if config.layer_track_every is None:
+        changes["layer_track_every"] = 0 if large else LAYER_RECORD_SPACING * config.track_every
+    elif config.layer_track_every % config.track_every:
+        raise ValueError(f"--layer-track-every {config.layer_track_every} is invalid: it must be "
+                         f"a multiple of --track-every {config.track_every} (or 0 for no "
+                         "per-layer curvature)")
+    if config.landscape_points is None:
+        changes["landscape_points"] = (DEFAULT_LANDSCAPE_POINTS_LARGE if large
+                                       else DEFAULT_LANDSCAPE_POINTS)
     return changes
 
 

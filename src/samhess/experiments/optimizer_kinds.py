@@ -30,6 +30,7 @@ from samhess.experiments.settings import (
     greater_than,
     open_unit_interval,
 )
+from samhess.experiments.stability import StabilityEdge
 
 __all__ = [
     "StepProtocol",
@@ -69,7 +70,9 @@ class ClaimKind(enum.Enum):
     #: IRE accelerates flat directions more than sharp ones, relative to its own base
     #: optimizer's step: the ratio against the base's step is below 1.
     FLAT_FIRST_VS_BASE = "flat first against its base"
-    #: The run ends flatter (lower final lambda_max) than its flatness reference.
+    #: The run is flatter (lower lambda_max) than its flatness reference at a train loss both
+    #: reached (cross-entropy curvature shrinks with the loss, so final values at different
+    #: losses would not compare like with like).
     FLATTER_THAN_REFERENCE = "flatter than its reference"
 
 
@@ -95,10 +98,13 @@ class OptimizerKind:
             enters nothing but the perturbation, so the replicas stay identical.
         base: for an IRE kind, the kind IRE wraps (its claims and convergence are judged
             against that kind's step and loss).
-        flatness_reference: the kind whose final lambda_max this one is claimed to beat.
+        flatness_reference: the kind whose lambda_max this one is claimed to beat.
         claims: the claims its report tests.
         check: a check of the resolved configuration beyond each setting's own (``None``, or
             the requirement it breaks, in words).
+        stability_edge: the edge of stability of its step, drawn on the lambda_max curves
+            (:mod:`samhess.experiments.stability`); ``None`` where none is known (Adam's
+            preconditioned step, ASAM's rescaled perturbation, the SAM variants).
     """
 
     name: str
@@ -114,6 +120,7 @@ class OptimizerKind:
     flatness_reference: str | None = None
     claims: tuple[ClaimKind, ...] = ()
     check: Callable[[Any], str | None] | None = None
+    stability_edge: StabilityEdge | None = None
 
     @property
     def passes(self) -> str:
@@ -325,28 +332,37 @@ def build_optimizer(name: str, model: Any, hyperparameters: Hyperparameters | No
 
 
 def ire_kind(name: str, label: str, colour: str, base: OptimizerKind) -> OptimizerKind:
-    """The kind of IRE over ``base`` (Wang et al., NeurIPS 2024)."""
+    """The kind of IRE over ``base`` (Wang et al., NeurIPS 2024).
+
+    Its edge of stability is its base's: IRE leaves the coordinates it calls sharp, where the
+    top eigenvectors mostly lie, to the base's step.
+    """
     return OptimizerKind(
         name=name, label=label, colour=colour,
         summary=f"IRE over {base.label} (Wang et al., NeurIPS 2024): D = (I + kappa M) D_base",
         build=_ire_over(base), reads=(*base.reads, *_IRE_READS), defaults=base.defaults,
         protocol=base.protocol, per_replica_ascent=base.per_replica_ascent, base=base.name,
-        flatness_reference=None, claims=(ClaimKind.FLAT_FIRST_VS_BASE,), check=base.check)
+        flatness_reference=None, claims=(ClaimKind.FLAT_FIRST_VS_BASE,), check=base.check,
+        stability_edge=base.stability_edge)
 
 
 SGD = register(OptimizerKind(
     name="sgd", label="SGD", colour="#1f77b4", summary="torch.optim.SGD", build=_sgd,
-    reads=_SGD_READS))
+    reads=_SGD_READS, stability_edge=StabilityEdge.GRADIENT_DESCENT))
 SAM = register(OptimizerKind(
     name="sam", label="SAM", colour="#d62728",
     summary="SAM over SGD, e = rho g / ||g|| (Foret et al., ICLR 2021)",
     build=_sam_family("SAM"), reads=_SAM_READS, protocol=StepProtocol.TWO_PASS,
-    per_replica_ascent=True, flatness_reference="sgd", claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)))
+    per_replica_ascent=True, flatness_reference="sgd",
+    claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE),
+    stability_edge=StabilityEdge.SAM))
 USAM = register(OptimizerKind(
     name="usam", label="USAM", colour="#ff7f0e",
     summary="unnormalized SAM over SGD, e = rho g (Andriushchenko & Flammarion, ICML 2022)",
     build=_sam_family("USAM"), reads=_SAM_READS, protocol=StepProtocol.TWO_PASS,
-    per_replica_ascent=True, flatness_reference="sgd", claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)))
+    per_replica_ascent=True, flatness_reference="sgd",
+    claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE),
+    stability_edge=StabilityEdge.USAM))
 ASAM = register(OptimizerKind(
     name="asam", label="ASAM", colour="#8c564b",
     summary="adaptive SAM over SGD, e = rho |w|^2 g / || |w| g || (Kwon et al., ICML 2021)",

@@ -1,24 +1,19 @@
 """Reports of a run or a comparison, rebuilt from the run files alone.
 
 :func:`build_report` reads ``config.json``, ``metrics.jsonl``, ``timing.json`` and
-``analysis/analysis.json`` of each run and writes, into the run's (or the comparison's)
-directory:
+``analysis/analysis.json`` of each run (:mod:`samhess.experiments.report_runs`) and writes,
+into the run's (or the comparison's) directory:
 
 * ``summary.json``: for a comparison, each optimizer's name mapped to its entry; for one run,
-  the entry itself. An entry holds ``final_train_loss``, ``test_accuracy``, ``lambda_max``,
-  ``hessian_trace``, ``sharp_flat_gain_ratio``, ``ire_sharp_flat_gain_ratio_vs_base`` and
-  ``seconds_per_step``, each as ``{"mean": ..., "std": ...}`` over the seeds (sample standard
-  deviation; 0.0 for one seed; ``null`` where a run has no such value), plus ``seeds`` and
-  ``steps``. The values are those of the last record of each run, except the gain ratios
-  (median over the records after step 0) and the time (``timing.json``). In a comparison, the
-  entry of an IRE kind whose base optimizer was also run (``ire`` and ``sgd``, ``sam-ire`` and
-  ``sam``, ``admire`` and ``adamw``) also holds ``steps_to_base_final_loss``
-  (:func:`steps_to_base_final_loss`).
-* ``claims.json`` (comparisons): whether the seed note's claims hold on this task.
-* ``plots/*.png``: curves over training (losses, test accuracy, lambda_max, Tr H), gains
-  against eigenvalue with the predicted line, Taylor error against rho, the final spectral
-  density.
-* ``report.md`` (linking the PNGs) and ``report.html`` (the PNGs embedded, self-contained).
+  the entry itself (:mod:`samhess.experiments.report_summary`);
+* ``claims.json`` (comparisons): whether the seed note's claims hold on this task
+  (:mod:`samhess.experiments.report_claims`);
+* ``plots/*.png``: the figures over training (:mod:`samhess.experiments.report_figures`) and of
+  the final models (:mod:`samhess.experiments.report_analysis_figures`), and
+  ``plots/figures.json``, the numbers each figure draws;
+* ``report.md`` (linking the PNGs) and ``report.html`` (the PNGs embedded, self-contained;
+  :mod:`samhess.experiments.report_pages`), ending with the provenance of the runs and the
+  configuration.
 
 The output is a function of the input files only: no dates, no paths outside the directory,
 floats printed with fixed formats, PNGs written without a software or date stamp. Rebuilding a
@@ -27,63 +22,39 @@ report from the same files gives byte-identical files.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-import math
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from samhess.experiments import runfiles
-from samhess.experiments.optimizer_kinds import (
-    OPTIMIZER_KINDS,
-    ClaimKind,
-    OptimizerKind,
-    optimizer_kind,
+from samhess.experiments.provenance import run_settings, same_environment
+from samhess.experiments.report_analysis_figures import (
+    plot_gains, plot_landscape, plot_spectrum, plot_taylor,
 )
-from samhess.experiments.runfiles import (
-    COMPARE_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TIMING_FILE, MetricsLog,
+from samhess.experiments.report_claims import (
+    Claim, ClaimEvidence, evaluate_claims, fmt, taylor_lines,
 )
+from samhess.experiments.report_figures import (
+    block_label, layer_table, plot_curves, plot_dynamics, plot_eigenvalues, plot_layers,
+)
+from samhess.experiments.report_pages import (
+    PLOTS_DIR, Block, Bullets, Details, Heading, Image, Table, Text, Verdicts, html_page,
+    markdown, stat_cell, text_table,
+)
+from samhess.experiments.report_plotting import BAND_TEXT, Drawn, default_style
+from samhess.experiments.report_runs import RunFiles, RunGroups, kind_of, read_groups
+from samhess.experiments.report_summary import (
+    convergence_entries, convergence_line, matched_entries, mean_std, summary_entry,
+)
+from samhess.experiments.runfiles import SUMMARY_FILE
 
-ANALYSIS_FILE = Path("analysis") / "analysis.json"
+__all__ = ["Report", "build_report", "format_table", "format_run_summary", "FIGURES",
+           "FIGURES_FILE", "CLAIMS_FILE"]
+
 CLAIMS_FILE = "claims.json"
-PLOTS_DIR = "plots"
-
-#: Entry keys of summary.json and the record key (or timing key) each comes from.
-SUMMARY_KEYS: dict[str, str] = {
-    "final_train_loss": "train_loss",
-    "test_accuracy": "test_accuracy",
-    "lambda_max": "lambda_max",
-    "hessian_trace": "hessian_trace",
-    "sharp_flat_gain_ratio": "gain_ratio",
-    "ire_sharp_flat_gain_ratio_vs_base": "gain_ratio_vs_base",
-    "seconds_per_step": "seconds_per_step",
-}
-
-#: Record keys summarized by their median over the records after step 0 (one step's ratio
-#: varies from step to step; the median over the run is the steadier statement).
-_MEDIAN_KEYS = ("gain_ratio", "gain_ratio_vs_base")
-
-
-#: ``config.json``'s ``source`` for a run tracked in the user's own loop by
-#: :class:`samhess.Tracker`: its optimizer is the user's, named by its wrapping chain
-#: (``IRE(SAM(SGD))``) and no registered kind, and what the loop does not say (seed, data set,
-#: batch size) is null. :func:`read_run` lets no other unregistered optimizer through.
-TRACKER_SOURCE = "samhess.Tracker"
-
-
-def _kind(name: str) -> OptimizerKind | None:
-    """The registered kind called ``name``; ``None`` for the optimizer of a Tracker run."""
-    return OPTIMIZER_KINDS.get(name)
-
-
-def _label(name: str) -> str:
-    kind = _kind(name)
-    return name if kind is None else kind.label
+#: The numbers behind every figure, by figure file name.
+FIGURES_FILE = "figures.json"
 
 _COLUMNS = (
     ("final_train_loss", "final train loss", "{:.4f}"),
@@ -95,563 +66,72 @@ _COLUMNS = (
     ("seconds_per_step", "s/step", "{:.4f}"),
 )
 
-@dataclass
-class RunFiles:
-    """The files of one finished (or interrupted) run, as read back."""
 
-    directory: Path
-    config: dict[str, Any]
-    records: list[dict[str, Any]]
-    timing: dict[str, Any] | None
-    analysis: dict[str, Any] | None
-
-    @property
-    def optimizer(self) -> str:
-        return self.config["optimizer"]
-
-    @property
-    def seed(self) -> int:
-        return self.config["seed"]
-
-
-def read_run(directory: Path) -> RunFiles:
-    """Read one run directory.
-
-    Raises:
-        ValueError: ``config.json`` or ``metrics.jsonl`` is missing or malformed.
-    """
-    config = runfiles.read_json(directory / CONFIG_FILE)
-    if not isinstance(config, dict) or "optimizer" not in config:
-        raise ValueError(f"{directory / CONFIG_FILE} is not a run configuration")
-    if config.get("source") != TRACKER_SOURCE:
-        optimizer_kind(config["optimizer"])  # an unknown name is an error, never a guess
-    records = MetricsLog(directory / METRICS_FILE).records()
-    if not records:
-        raise ValueError(f"{directory / METRICS_FILE} holds no records; the run has not started")
-    timing_path = directory / TIMING_FILE
-    timing = runfiles.read_json(timing_path) if timing_path.exists() else None
-    analysis_path = directory / ANALYSIS_FILE
-    analysis = runfiles.read_json(analysis_path) if analysis_path.exists() else None
-    return RunFiles(directory=directory, config=config, records=records, timing=timing,
-                    analysis=analysis)
-
-
-def run_dir_of(compare_dir: Path, optimizer: str, seed: int) -> Path:
-    """Where a comparison keeps one member run: ``DIR/<optimizer>/seed-<seed>``."""
-    return compare_dir / optimizer / f"seed-{seed}"
-
-
-def _mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
-    present = [v for v in values if v is not None and math.isfinite(v)]
-    if not present:
-        return {"mean": None, "std": None}
-    mean = float(np.mean(present))
-    std = float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
-    return {"mean": mean, "std": std}
-
-
-def median_gain_ratio(run: RunFiles, key: str = "gain_ratio") -> float | None:
-    """The median of a sharp/flat gain ratio (record ``key``) over a run's records after step 0.
-
-    The ratio describes single steps and varies from one to the next; the median over the run
-    is the steadier statement (step 0, at initialization, is left out). ``None`` when no record
-    holds the key (``gain_ratio_vs_base`` of an optimizer without IRE, or an older run).
-    """
-    values = [r[key] for r in run.records if r["step"] > 0 and r.get(key) is not None]
-    if not values:
-        values = [r[key] for r in run.records if r.get(key) is not None]
-    return float(np.median(values)) if values else None
-
-
-def summary_entry(runs: Sequence[RunFiles]) -> dict[str, Any]:
-    """One optimizer's entry of summary.json, over its seeds.
-
-    Every value is the last record's, except the gain ratios ``sharp_flat_gain_ratio`` and
-    ``ire_sharp_flat_gain_ratio_vs_base`` (the median over the records after step 0,
-    :func:`median_gain_ratio`) and ``seconds_per_step`` (timing.json).
-    """
-    entry: dict[str, Any] = {}
-    for key, source in SUMMARY_KEYS.items():
-        if source == "seconds_per_step":
-            values = [(run.timing or {}).get("seconds_per_step") for run in runs]
-        elif source in _MEDIAN_KEYS:
-            values = [median_gain_ratio(run, source) for run in runs]
-        else:
-            values = [run.records[-1].get(source) for run in runs]
-        entry[key] = _mean_std(values)
-    entry["seeds"] = [run.seed for run in runs]
-    entry["steps"] = [run.records[-1]["step"] for run in runs]
-    return entry
-
-
-def steps_to_base_final_loss(variant: Sequence[Sequence[dict[str, Any]]],
-                             base: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
-    r"""How soon an IRE kind reaches the final train loss of its base optimizer.
-
-    The IRE paper (Wang et al., NeurIPS 2024) reports AdmIRE reaching AdamW's loss in about
-    half the steps on Llama pretraining. With :math:`L_\text{base}` the base's final train loss
-    (its last record, mean over seeds), :math:`T_\text{base}` the step of that record, and
-    :math:`\bar L(t)` the variant's train loss at tracked step :math:`t` (mean over its seeds,
-    at the steps every seed recorded), this is the first :math:`t` with
-    :math:`\bar L(t) \le L_\text{base}` and the speed-up :math:`T_\text{base} / t`. The answer is
-    only as fine as the tracking grid (``track_every``).
-
-    Args:
-        variant: the IRE kind's records, one list per seed (dicts with ``step`` and
-            ``train_loss``, as in metrics.jsonl).
-        base: its base optimizer's records, one list per seed.
-
-    Returns:
-        ``{"base_final_train_loss", "base_steps", "steps", "speedup"}``: ``steps`` is ``None``
-        when no tracked step reaches the base's final loss, and ``speedup`` is ``None`` then and
-        when the variant starts at or below it (``steps`` 0).
-    """
-    finals = [runs[-1].get("train_loss") for runs in base if runs]
-    if not finals or any(value is None for value in finals):
-        return {"base_final_train_loss": None, "base_steps": None, "steps": None,
-                "speedup": None}
-    target = float(np.mean(finals))
-    base_steps = max(int(runs[-1]["step"]) for runs in base if runs)
-    losses: dict[int, list[float]] = {}
-    for runs in variant:
-        for record in runs:
-            if record.get("train_loss") is not None:
-                losses.setdefault(int(record["step"]), []).append(float(record["train_loss"]))
-    reached = next((step for step in sorted(losses)
-                    if len(losses[step]) == len(variant) and np.mean(losses[step]) <= target),
-                   None)
-    return {"base_final_train_loss": target, "base_steps": base_steps, "steps": reached,
-            "speedup": base_steps / reached if reached else None}
-
-
-def convergence_entries(groups: dict[str, list[RunFiles]]) -> dict[str, dict[str, Any]]:
-    """:func:`steps_to_base_final_loss` of every IRE kind whose base optimizer was also run."""
-    out = {}
-    for name in groups:
-        base = optimizer_kind(name).base
-        if base is not None and base in groups:
-            out[name] = {"base": base, **steps_to_base_final_loss(
-                [run.records for run in groups[name]], [run.records for run in groups[base]])}
-    return out
-
-
-def convergence_line(name: str, entry: dict[str, Any]) -> str:
-    """One plain sentence on whether the IRE kind ``name`` reached its base's final loss."""
-    label, base = _label(name), _label(entry["base"])
-    target = entry["base_final_train_loss"]
-    if target is None:
-        return f"{label} against {base}: the base's final train loss is unknown"
-    where = (f"{base}'s final train loss ({target:.4f}, at step {entry['base_steps']}, mean over "
-             "seeds)")
-    if entry["steps"] is None:
-        return (f"{label} did not reach {where} at any tracked step: no speed-up over {base} "
-                "here")
-    speedup = entry["speedup"]
-    tail = (f", {speedup:.2f}x fewer steps than {base}" if speedup is not None
-            else ", already at its first record")
-    return f"{label} reached {where} at step {entry['steps']}{tail}"
-
-
-@dataclass
-class Claim:
-    """One of the seed note's claims, tested on this comparison's numbers."""
-
-    claim: str
-    holds: bool | None
-    evidence: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"claim": self.claim, "holds": self.holds, "evidence": self.evidence}
-
-    @property
-    def verdict(self) -> str:
-        return {True: "HOLDS", False: "DOES NOT HOLD", None: "UNDECIDED"}[self.holds]
-
-    def line(self) -> str:
-        return f"{self.verdict}: {self.claim} -- {self.evidence}"
-
-
-def _fmt(value: float | None, spec: str = "{:.4g}") -> str:
-    return "n/a" if value is None else spec.format(value)
-
-
-def _fmt_stat(stat: dict[str, Any], spec: str) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    text = spec.format(stat["mean"])
-    if stat["std"]:
-        text += " ± " + spec.format(stat["std"])
-    return text
-
-
-def _share_of_records(groups: dict[str, list[RunFiles]], name: str, holds,
-                      key: str = "gain_ratio") -> str:
-    values = [r[key] for run in groups.get(name, []) for r in run.records
-              if r["step"] > 0 and r.get(key) is not None]
-    finals = [run.records[-1].get(key) for run in groups.get(name, [])]
-    if not values:
-        return ""
-    final = _fmt(float(np.mean(finals)), "{:.3f}") if None not in finals else "n/a"
-    return (f" (median over the tracked steps after step 0; it holds at "
-            f"{sum(1 for v in values if holds(v))} of {len(values)} of them; last step {final})")
-
-
-def _mean_of(summary: dict[str, dict[str, Any]], name: str, key: str) -> float | None:
-    return (summary[name].get(key) or {}).get("mean")
-
-
-def _sharp_first(name: str, summary: dict[str, dict[str, Any]],
-                 groups: dict[str, list[RunFiles]]) -> Claim:
-    label = _label(name)
-    value = _mean_of(summary, name, "sharp_flat_gain_ratio")
-    return Claim(
-        f"{label} accelerates sharp directions more than flat ones (sharp/flat gain ratio > 1)",
-        None if value is None else value > 1,
-        f"{label}'s ratio is {_fmt(value, '{:.3f}')}"
-        + _share_of_records(groups, name, lambda v: v > 1))
-
-
-def _flat_first_vs_base(name: str, summary: dict[str, dict[str, Any]],
-                        groups: dict[str, list[RunFiles]]) -> Claim:
-    label, base_label = _label(name), _label(optimizer_kind(name).base)
-    value = _mean_of(summary, name, "ire_sharp_flat_gain_ratio_vs_base")
-    against_gradient = _mean_of(summary, name, "sharp_flat_gain_ratio")
-    return Claim(
-        f"{label} accelerates flat directions more than sharp ones, relative to its base "
-        f"optimizer {base_label} (sharp/flat gain ratio against {base_label}'s step < 1)",
-        None if value is None else value < 1,
-        f"{label}'s ratio against {base_label}'s step is {_fmt(value, '{:.3f}')}"
-        + _share_of_records(groups, name, lambda v: v < 1, "gain_ratio_vs_base")
-        + f"; against a plain gradient step it is {_fmt(against_gradient, '{:.3f}')}")
-
-
-def _flatter_than_reference(name: str, summary: dict[str, dict[str, Any]],
-                            groups: dict[str, list[RunFiles]]) -> Claim | None:
-    reference = optimizer_kind(name).flatness_reference
-    if reference not in summary:
-        return None
-    label, reference_label = _label(name), _label(reference)
-    ours = summary[name]["lambda_max"]["mean"]
-    theirs = summary[reference]["lambda_max"]["mean"]
-    holds = None if ours is None or theirs is None else ours < theirs
-    evidence = (f"lambda_max {_fmt(ours, '{:.3f}')} ({label}) vs {_fmt(theirs, '{:.3f}')} "
-                f"({reference_label})")
-    pairs = [(a.records[-1].get("lambda_max"), b.records[-1].get("lambda_max"))
-             for a, b in zip(groups.get(name, []), groups.get(reference, []))]
-    if len(pairs) > 1 and all(None not in pair for pair in pairs):
-        evidence += (f", mean over seeds; lower in {sum(1 for a, b in pairs if a < b)} of "
-                     f"{len(pairs)} seeds")
-    return Claim(f"{label} ends flatter than {reference_label} (lower final lambda_max)", holds,
-                 evidence)
-
-
-#: How each kind of claim is judged, in the order the report lists them.
-_CLAIM_RULES = {
-    ClaimKind.SHARP_FIRST: _sharp_first,
-    ClaimKind.FLAT_FIRST_VS_BASE: _flat_first_vs_base,
-    ClaimKind.FLATTER_THAN_REFERENCE: _flatter_than_reference,
-}
-
-
-def evaluate_claims(summary: dict[str, dict[str, Any]],
-                    groups: dict[str, list[RunFiles]]) -> list[Claim]:
-    """The seed note's claims that the compared kinds declare
-    (:attr:`~samhess.experiments.optimizer_kinds.OptimizerKind.claims`), in the order of
-    :class:`~samhess.experiments.optimizer_kinds.ClaimKind`:
-
-    * sharp first: the step is about (I + rho H / ||g||) g for SAM, so sharp directions gain
-      more than flat ones: sharp/flat gain ratio (against the gradient step) > 1;
-    * flat first against its base: IRE amplifies only flat coordinates,
-      D = (I + kappa M) D_base, so relative to its own base optimizer's step the ratio is
-      < 1; against the gradient step AdmIRE's ratio also carries Adam's preconditioning, which
-      alone can put it below 1;
-    * flatter than its reference: a lower final lambda_max than the kind it is compared with
-      (SGD for the SAM family), when that kind was run.
-    """
-    claims = []
-    for claim_kind, rule in _CLAIM_RULES.items():
-        for name in summary:
-            if claim_kind in optimizer_kind(name).claims:
-                claim = rule(name, summary, groups)
-                if claim is not None:
-                    claims.append(claim)
-    return claims
-
-
-# ---------------------------------------------------------------------------------------------
-# Plots. Built on matplotlib's object API (no pyplot state), with the default style, so that the
-# same data give the same bytes whatever the user's matplotlibrc says.
-
-def _default_style():
-    """matplotlib's own defaults, whatever the user's matplotlibrc sets, for this block only."""
-    import matplotlib
-
-    style = {k: v for k, v in matplotlib.rcParamsDefault.items()
-             if not k.startswith("backend") and k not in ("interactive", "webagg.port")}
-    style["svg.hashsalt"] = "samhess"
-    return matplotlib.rc_context(style)
-
-
-def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.4, 4.2)):
-    from matplotlib.figure import Figure
-
-    # Fixed margins instead of a layout engine: a third of the drawing time, same result here.
-    figure = Figure(figsize=size, dpi=100)
-    axes = figure.subplots(nrows, ncols, squeeze=False)
-    if nrows * ncols > 1:
-        figure.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.95, wspace=0.22,
-                               hspace=0.32)
-    else:
-        figure.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.91)
-    return figure, axes
-
-
-def _png_bytes(figure) -> bytes:
-    buffer = io.BytesIO()
-    # No "Software" stamp: the bytes then depend on the data and the renderer only.
-    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    return buffer.getvalue()
-
-
-def _colour(name: str) -> str:
-    """The kind's colour (:mod:`samhess.experiments.optimizer_kinds`), the same in every plot."""
-    kind = _kind(name)
-    return "#000000" if kind is None else kind.colour
-
-
-def _series(run: RunFiles, key: str) -> tuple[list[int], list[float]]:
-    steps, values = [], []
-    for record in run.records:
-        value = record.get(key)
-        if value is not None:
-            steps.append(record["step"])
-            values.append(value)
-    return steps, values
-
-
-def plot_curves(groups: dict[str, list[RunFiles]]) -> bytes:
-    """Loss, test accuracy, lambda_max and Tr(H) over training, one colour per optimizer."""
-    figure, axes = _figure(2, 2, size=(10.0, 7.0))
-    panels = [
-        (axes[0, 0], "train_loss", "train loss (solid), test loss (dashed)", True),
-        (axes[0, 1], "test_accuracy", "test accuracy", False),
-        (axes[1, 0], "lambda_max", "lambda_max (top Hessian eigenvalue)", False),
-        (axes[1, 1], "hessian_trace", "Tr(H) (Hutch++, ± 1 stderr)", False),
-    ]
-    for axis, key, title, log_scale in panels:
-        for name, runs in groups.items():
-            for index, run in enumerate(runs):
-                label = name if index == 0 else None
-                steps, values = _series(run, key)
-                axis.plot(steps, values, color=_colour(name), label=label, linewidth=1.5,
-                          marker="o", markersize=3)
-                if key == "train_loss":
-                    steps, values = _series(run, "test_loss")
-                    axis.plot(steps, values, color=_colour(name), linestyle="--", linewidth=1.0)
-                if key == "hessian_trace":
-                    errors = [r.get("hessian_trace_stderr") or 0.0 for r in run.records
-                              if r.get("hessian_trace") is not None]
-                    low = [v - e for v, e in zip(values, errors)]
-                    high = [v + e for v, e in zip(values, errors)]
-                    axis.fill_between(steps, low, high, color=_colour(name), alpha=0.15,
-                                      linewidth=0)
-        if log_scale:
-            axis.set_yscale("log")
-        axis.set_title(title, fontsize=10)
-        axis.set_xlabel("step")
-        axis.grid(True, alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    return _png_bytes(figure)
-
-
-def _first_analysis(runs: Sequence[RunFiles]) -> dict[str, Any] | None:
-    for run in runs:
-        if run.analysis is not None:
-            return run.analysis
-    return None
-
-
-def plot_gains(groups: dict[str, list[RunFiles]]) -> bytes | None:
-    """Gain of the final step along the top Hessian eigenvectors against their eigenvalue.
-
-    Filled markers: measured gains per eigenvector; the hollow marker at 0: the gain on the
-    flat subspace (everything orthogonal to the top-k eigenvectors); dashed line: the
-    prediction 1 + rho lambda / ||g|| (SAM), 1 + rho lambda (USAM), 1 (SGD); crosses: the
-    prediction where it depends on more than lambda (IRE: each eigenvector's mass on the mask).
-    """
-    figure, axes = _figure(size=(7.0, 4.6))
-    axis = axes[0, 0]
-    drawn = False
-    for name, runs in groups.items():
-        analysis = _first_analysis(runs) or {}
-        gains, sharp_flat = analysis.get("gains"), analysis.get("sharp_flat") or {}
-        if not gains:
-            continue
-        colour = _colour(name)
-        eigenvalues = np.asarray(gains["eigenvalues"], dtype=float)
-        measured = np.asarray([np.nan if g is None else g for g in gains["gains"]], dtype=float)
-        axis.scatter(eigenvalues, measured, color=colour, label=f"{name} measured", s=24,
-                     zorder=3)
-        if sharp_flat.get("flat_gain") is not None:
-            axis.scatter([0.0], [sharp_flat["flat_gain"]], facecolors="none", edgecolors=colour,
-                         s=60, linewidths=1.5, zorder=3)
-        predictions = gains.get("predictions")
-        if predictions and all(p is not None for p in predictions):
-            predicted = np.asarray(predictions, dtype=float)
-            if gains.get("predictions_linear_in_eigenvalue"):
-                # 1, 1 + rho lambda / ||g||, 1 + rho lambda: a line in lambda, 1 at lambda = 0.
-                xs = np.concatenate([[0.0], eigenvalues])
-                ys = np.concatenate([[1.0], predicted])
-                order = np.argsort(xs, kind="stable")
-                axis.plot(xs[order], ys[order], color=colour, linestyle="--", linewidth=1.2,
-                          label=f"{name} predicted")
-            else:  # IRE's prediction depends on each eigenvector's mass on the mask
-                axis.scatter(eigenvalues, predicted, color=colour, marker="x", s=30,
-                             label=f"{name} predicted")
-        drawn = True
-    if not drawn:
-        return None
-    axis.axhline(1.0, color="#444444", linewidth=0.8, linestyle=":")
-    axis.set_xlabel("Hessian eigenvalue (final model; hollow marker at 0: flat subspace)")
-    axis.set_ylabel("gain <v, D> / <v, -lr g>")
-    axis.set_title("Gain of the final step along the top eigenvectors", fontsize=10)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8, ncol=2)
-    return _png_bytes(figure)
-
-
-def plot_taylor(groups: dict[str, list[RunFiles]]) -> bytes | None:
-    """Relative error of SAM's first-order gradient expansion against rho (log-log)."""
-    figure, axes = _figure(size=(6.4, 4.2))
-    axis = axes[0, 0]
-    drawn = False
-    for name, runs in groups.items():
-        taylor = (_first_analysis(runs) or {}).get("taylor")
-        if not taylor:
-            continue
-        rhos = np.asarray(taylor["rhos"], dtype=float)
-        errors = np.asarray([np.nan if e is None else e for e in taylor["grad_rel_error"]],
-                            dtype=float)
-        order = taylor.get("order")
-        label = f"{name} (slope {order:.2f})" if order is not None else name
-        axis.plot(rhos, errors, color=_colour(name), marker="o", label=label)
-        drawn = True
-    if not drawn:
-        return None
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.set_xlabel("rho")
-    axis.set_ylabel("relative error of g + H e")
-    axis.set_title("SAM gradient vs its first-order Taylor prediction", fontsize=10)
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=8)
-    return _png_bytes(figure)
-
-
-def plot_spectrum(groups: dict[str, list[RunFiles]]) -> bytes | None:
-    """The final Hessian spectral density (stochastic Lanczos quadrature), one per optimizer."""
-    figure, axes = _figure(size=(6.4, 4.2))
-    axis = axes[0, 0]
-    drawn = False
-    for name, runs in groups.items():
-        density = (_first_analysis(runs) or {}).get("spectral_density")
-        if not density:
-            continue
-        grid = np.asarray(density["grid"], dtype=float)
-        values = np.asarray(density["density"], dtype=float)
-        axis.plot(grid, np.maximum(values, 1e-12), color=_colour(name), label=name,
-                  linewidth=1.2)
-        drawn = True
-    if not drawn:
-        return None
-    axis.set_yscale("log")
-    axis.set_ylim(bottom=1e-6)
-    axis.set_xlabel("eigenvalue")
-    axis.set_ylabel("density")
-    axis.set_title("Hessian spectral density of the final model", fontsize=10)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
-    return _png_bytes(figure)
-
-
-#: Slopes of log Taylor error against log rho that count as "falls like rho" (docs/theory.md).
-TAYLOR_ORDER_RANGE = (0.8, 1.2)
-
-
-def taylor_lines(groups: dict[str, list[RunFiles]]) -> list[str]:
-    """One plain sentence per optimizer on whether SAM's first-order expansion holds on its model.
-
-    The relative error of :math:`g + H e` against the true :math:`\\nabla L(w + e)` must fall
-    like :math:`\\rho` where the second-order expansion is accurate; a fitted slope outside
-    :data:`TAYLOR_ORDER_RANGE` says that, on this model and at these radii, it is not.
-    """
-    low, high = TAYLOR_ORDER_RANGE
-    lines = []
-    for name, runs in groups.items():
-        order = ((_first_analysis(runs) or {}).get("taylor") or {}).get("order")
-        if order is None:
-            continue
-        if low <= order <= high:
-            verdict = "the error falls like rho, as the second-order expansion predicts"
-        else:
-            verdict = (f"outside [{low}, {high}]: the error does not fall like rho, so the "
-                       "first-order picture g + rho H g / ||g|| is not accurate on this model "
-                       "at these radii (non-smooth activations such as ReLU, or rho past the "
-                       "expansion's range; see docs/theory.md)")
-        lines.append(f"{name}: slope {order:.2f} of log error against log rho; {verdict}")
-    return lines
-
-
-_PLOTS = (
-    ("curves.png", "Curves over training", plot_curves),
-    ("gains.png", "Gains against eigenvalue, with the prediction", plot_gains),
-    ("taylor.png", "Taylor error against rho", plot_taylor),
-    ("spectrum.png", "Final spectral density", plot_spectrum),
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure of the report: its file, its caption (given the number of seeds) and how it
+    is drawn (``None`` when the runs hold nothing to draw)."""
+
+    filename: str
+    caption: Callable[[int], str]
+    draw: Callable[[dict[str, list[RunFiles]]], Drawn | None]
+
+
+def _seeds(count: int) -> str:
+    return "1 seed" if count == 1 else f"{count} seeds"
+
+
+def _band(count: int) -> str:
+    return "one seed, no band" if count == 1 else BAND_TEXT
+
+
+#: The report's figures, in page order.
+FIGURES: tuple[FigureSpec, ...] = (
+    FigureSpec("curves.png", lambda n: f"Curves over training ({_band(n)}, {_seeds(n)})",
+               plot_curves),
+    FigureSpec("dynamics.png", lambda n: "What the claims are about, over training: gain "
+               f"ratios, the sharp share of the gradient, its norm ({_band(n)})", plot_dynamics),
+    FigureSpec("eigenvalues.png", lambda n: f"Top Hessian eigenvalues over training ({_band(n)})",
+               plot_eigenvalues),
+    FigureSpec("layers.png", lambda n: "Per-layer curvature over training (mean over "
+               f"{_seeds(n)})", plot_layers),
+    FigureSpec("gains.png", lambda n: "Gains of the final step along the top eigenvectors, "
+               f"with the predictions (every seed: {_seeds(n)})", plot_gains),
+    FigureSpec("taylor.png", lambda n: f"Taylor error against rho (every seed: {_seeds(n)})",
+               plot_taylor),
+    FigureSpec("spectrum.png", lambda n: f"Final spectral density (every seed: {_seeds(n)})",
+               plot_spectrum),
+    FigureSpec("landscape.png", lambda n: "Loss around the final weights (1-D: "
+               f"{_band(n)}; 2-D: mean over {_seeds(n)})", plot_landscape),
 )
 
-
-# ---------------------------------------------------------------------------------------------
-# Text.
 
 def format_table(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
     """Rows of the summary table, header first."""
     rows = [["optimizer"] + [title for _, title, _ in _COLUMNS]]
     for name, entry in summary.items():
-        rows.append([name] + [_fmt_stat(entry[key], spec) for key, _, spec in _COLUMNS])
+        rows.append([name] + [stat_cell(entry[key], spec) for key, _, spec in _COLUMNS])
     return rows
 
 
-def _text_table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for index, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
-                               for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def _markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |",
-             "| " + " | ".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-    return "\n".join(lines)
-
-
-def _task_line(config: dict[str, Any]) -> str:
+def _task_line(config: dict[str, Any], seeds: list[int | None]) -> str:
     # A run tracked in the user's own loop (samhess.Tracker) leaves unknown values as null.
-    what = " / ".join(str(config[key]) for key in ("dataset", "model") if config.get(key) is not None)
+    what = " / ".join(str(config[key]) for key in ("dataset", "model")
+                      if config.get(key) is not None)
+    known = [str(seed) for seed in seeds if seed is not None]
+    runs = f"{_seeds(len(known))} ({', '.join(known)}), " if known else ""
     batch = f" of batch {config['batch_size']}" if config.get("batch_size") is not None else ""
-    return (f"{what}, {config['steps']} steps{batch}, track every {config['track_every']}, "
-            f"top-{config['top_k']} eigenvalues, Hutch++ with {config['trace_matvecs']} matvecs, "
-            f"{config['dtype']}")
+    layers = config.get("layer_track_every")
+    per_layer = f" (per-layer curvature every {layers})" if layers else ""
+    return (f"{what}, {runs}{config['steps']} steps{batch}, track every "
+            f"{config['track_every']}{per_layer}, top-{config['top_k']} eigenvalues, Hutch++ "
+            f"with {config['trace_matvecs']} matvecs, {config['dtype']}")
 
 
 def _hyperparameters(name: str, config: dict[str, Any]) -> str:
     """The values of the hyperparameters the kind reads, in its order (a Tracker run's
     optimizer: the learning rate, momentum and weight decay its config holds)."""
-    kind = _kind(name)
+    kind = kind_of(name)
     keys = ("lr", "momentum", "weight_decay") if kind is None else kind.reads
     return ", ".join(f"{key.replace('_', ' ')} {config[key]:g}"
                      for key in keys if config.get(key) is not None)
@@ -670,85 +150,172 @@ _EXPLANATION = (
     "state, which isolates what IRE adds; IRE's claims are judged on it. s/step is wall-clock "
     "training time per step, tracking excluded."
 )
-
-
 _CONVERGENCE_TITLE = "Does IRE reach its base optimizer's loss in fewer steps?"
 _CONVERGENCE_NOTE = (
     "The IRE paper reports AdmIRE reaching AdamW's loss in about half the steps (Llama "
     "pretraining). Here: the first tracked step at which the IRE kind's train loss (mean over "
     "seeds) is at or below its base optimizer's final train loss, on the tracking grid."
 )
+_MATCHED_TITLE = "Flatness at matched train loss"
+_MATCHED_NOTE = (
+    "Cross-entropy curvature shrinks with the loss, so final values at different losses favour "
+    "whichever optimizer trained further. Here every run is read where its train loss first "
+    "reaches L* = {loss:.4f}, the lowest train loss every run of the comparison reached (the "
+    "largest of the runs' lowest recorded losses); lambda_max, Tr(H) and the step are "
+    "interpolated linearly in log loss between the two tracked steps around that crossing. "
+    "Mean ± sample std over seeds. The 'is flatter' verdicts use these values."
+)
+_FIGURE_NOTES = {
+    "curves.png": [
+        "Dashed grey: 2/lr, the edge of stability of gradient descent (Cohen et al., ICLR 2021); "
+        "dotted, in the optimizer's colour: SAM's edge lr lambda (1 + rho lambda / ||g||) = 2 "
+        "(Long & Bartlett, JMLR 2024) with ||g|| of each record's tracking batch (mean over "
+        "seeds); an IRE kind has its base optimizer's edge",
+        "Test error is 100% minus the test accuracy, on a log scale so that the differences "
+        "at the end of training show",
+    ],
+    "dynamics.png": [
+        "The gain ratios are what the claims judge: above 1 the step moves sharp directions "
+        "further than flat ones, relative to the reference step",
+        "The share of ||g||^2 in the top-k eigenspace says how much of the gradient the sharp "
+        "directions hold at all: where it is tiny, the sharp gain is a ratio of tiny numbers "
+        "(docs/theory.md)",
+    ],
+    "layers.png": [
+        "lambda_max and Tr(H) of each layer's diagonal block of the Hessian (the layer's "
+        "parameters alone, the others held fixed); the blocks' traces add up to Tr(H), and each "
+        "block's lambda_max is at most the whole Hessian's",
+        "Colours on a log scale shared by the optimizers; mean over seeds",
+    ],
+    "gains.png": [
+        "One panel per optimizer: each final model has its own eigenvectors and eigenvalues",
+        "Filled markers: measured gains, one shape per seed; hollow markers at 0: the gain on "
+        "the flat subspace; hollow markers elsewhere: the first-order prediction where it is one "
+        "value per eigenvector (IRE's mask, ASAM's scaling); dashed lines: the prediction where "
+        "it is a function of the eigenvalue (1 + rho lambda / ||g|| for SAM, 1 for SGD)",
+    ],
+    "landscape.png": [
+        "The loss on the tracking batch at w + alpha v_1 (v_1 the unit top Hessian eigenvector, "
+        "alpha a distance in parameter space) and at w + alpha d_1 + beta d_2, with d_1 and "
+        "d_2 Gaussian directions rescaled filter by filter to the weights' filter norms (Li et "
+        "al., NeurIPS 2018; biases left out)",
+        "The 2-D panels share their contour levels (spaced in log loss); '+' marks the "
+        "trained weights",
+    ],
+}
 
 
-def _markdown(title: str, task: str, hyper: list[str], table: list[list[str]],
-              claims: list[Claim], convergence: list[str],
-              images: list[tuple[str, str]], notes: dict[str, list[str]]) -> str:
-    lines = [f"# {title}", "", f"Task: {task}.", ""]
-    lines += [f"- {line}" for line in hyper]
-    lines += ["", _markdown_table(table), "", _EXPLANATION, ""]
-    if claims:
-        lines += ["## Does the seed note's picture hold here?", ""]
-        lines += [f"- **{c.verdict}**: {c.claim}. {c.evidence}." for c in claims]
-        lines.append("")
-    if convergence:
-        lines += [f"## {_CONVERGENCE_TITLE}", "", _CONVERGENCE_NOTE, ""]
-        lines += [f"- {line}." for line in convergence]
-        lines.append("")
-    for filename, caption in images:
-        lines += [f"## {caption}", "", f"![{caption}]({PLOTS_DIR}/{filename})", ""]
-        if notes.get(filename):
-            lines += [*(f"- {line}." for line in notes[filename]), ""]
-    return "\n".join(lines)
+def _matched_table(summary: dict[str, dict[str, Any]],
+                   matched: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = [["optimizer", "step reaching L*", "lambda_max at L*", "Tr(H) at L*",
+             "lambda_max, last step", "Tr(H), last step"]]
+    for name, entry in matched.items():
+        rows.append([name, stat_cell(entry["step"], "{:.0f}"),
+                     stat_cell(entry["lambda_max"], "{:.3f}"),
+                     stat_cell(entry["hessian_trace"], "{:.2f}"),
+                     stat_cell(summary[name]["lambda_max"], "{:.3f}"),
+                     stat_cell(summary[name]["hessian_trace"], "{:.2f}")])
+    return rows
 
 
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 62em; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f3f3f3; }
-.holds { color: #1a7f37; font-weight: bold; }
-.fails { color: #b3261e; font-weight: bold; }
-img { max-width: 100%; border: 1px solid #eee; }
-p.note { color: #555; font-size: 0.92em; }
-""".strip()
+def layer_summary(groups: dict[str, list[RunFiles]]) -> dict[str, list[dict[str, Any]]]:
+    """Each optimizer's per-layer curvature at the last step every seed measured it: per
+    block, ``lambda_max`` and ``hessian_trace`` (mean and std over seeds) and ``trace_share``
+    (the block's share of the sum of the blocks' traces, mean over seeds)."""
+    out = {}
+    for name, runs in groups.items():
+        table = layer_table(runs)
+        if table is None:
+            continue
+        steps, blocks, values = table
+        traces = values["hessian_trace"][:, -1, :]
+        shares = traces / traces.sum(axis=1, keepdims=True)
+        out[name] = [{
+            "block": block["block"], "module": block["module"],
+            "parameters": block["parameters"], "step": steps[-1],
+            "lambda_max": mean_std(values["lambda_max"][:, -1, index].tolist()),
+            "hessian_trace": mean_std(traces[:, index].tolist()),
+            "trace_share": mean_std(shares[:, index].tolist()),
+        } for index, block in enumerate(blocks)]
+    return out
 
 
-def _html(title: str, task: str, hyper: list[str], table: list[list[str]],
-          claims: list[Claim], convergence: list[str],
-          images: list[tuple[str, str, bytes]], notes: dict[str, list[str]]) -> str:
-    esc = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             f"<title>{esc(title)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
-             f"<h1>{esc(title)}</h1>", f"<p>Task: {esc(task)}.</p>", "<ul>"]
-    parts += [f"<li>{esc(line)}</li>" for line in hyper]
-    parts += ["</ul>", "<table>",
-              "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in table[0]) + "</tr>"]
-    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table[1:]]
-    parts += ["</table>", f'<p class="note">{esc(_EXPLANATION)}</p>']
-    if claims:
-        parts += ["<h2>Does the seed note's picture hold here?</h2>", "<ul>"]
-        for claim in claims:
-            css, word = {True: ("holds", "HOLDS"), False: ("fails", "DOES NOT HOLD"),
-                         None: ("", "UNDECIDED")}[claim.holds]
-            parts.append(f'<li><span class="{css}">{word}</span>: {esc(claim.claim)}. '
-                         f"{esc(claim.evidence)}.</li>")
-        parts.append("</ul>")
-    if convergence:
-        parts += [f"<h2>{esc(_CONVERGENCE_TITLE)}</h2>",
-                  f'<p class="note">{esc(_CONVERGENCE_NOTE)}</p>', "<ul>"]
-        parts += [f"<li>{esc(line)}.</li>" for line in convergence]
-        parts.append("</ul>")
-    for filename, caption, data in images:
-        encoded = base64.b64encode(data).decode("ascii")
-        parts += [f"<h2>{esc(caption)}</h2>",
-                  f'<img id="{esc(filename[:-4])}" alt="{esc(caption)}" '
-                  f'src="data:image/png;base64,{encoded}">']
-        if notes.get(filename):
-            parts += ["<ul>", *(f"<li>{esc(line)}.</li>" for line in notes[filename]), "</ul>"]
-    parts += ["</body>", "</html>", ""]
-    return "\n".join(parts)
+def _layer_rows(layers: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
+    rows = [["optimizer", "layer", "step", "lambda_max", "Tr(H)", "share of Tr(H)"]]
+    for name, blocks in layers.items():
+        for block in blocks:
+            rows.append([name, block_label(block), str(block["step"]),
+                         stat_cell(block["lambda_max"], "{:.3f}"),
+                         stat_cell(block["hessian_trace"], "{:.2f}"),
+                         stat_cell(block["trace_share"], "{:.1%}")])
+    return rows
+
+
+_PROVENANCE_ROWS = (
+    ("samhess", "samhess"), ("git_commit", "git commit"), ("python", "Python"),
+    ("torch", "torch"), ("numpy", "numpy"), ("platform", "platform"), ("device", "device"),
+    ("torch_threads", "torch threads"), ("processes", "processes"),
+)
+
+
+def _git_text(environment: dict[str, Any]) -> str:
+    commit = environment.get("git_commit")
+    if commit is None:
+        return "not run from a git checkout"
+    modified = environment.get("git_modified")
+    return commit + (" (tracked files modified)" if modified else "")
+
+
+def provenance_rows(groups: dict[str, list[RunFiles]]) -> list[list[str]] | None:
+    """The environments the runs were computed in, one column each, with the runs it holds
+    (:mod:`samhess.experiments.provenance`); ``None`` when no run recorded one."""
+    environments: list[dict[str, Any]] = []
+    users: list[list[str]] = []
+    for name, runs in groups.items():
+        for run in runs:
+            for entry in run.provenance:
+                where = f"{name} seed {run.seed}"
+                if entry.get("from_step"):
+                    where += f" from step {entry['from_step']}"
+                for index, known in enumerate(environments):
+                    if same_environment(known, entry):
+                        users[index].append(where)
+                        break
+                else:
+                    environments.append(entry)
+                    users.append([where])
+    if not environments:
+        return None
+    total = sum(len(runs) for runs in groups.values())
+    header = ["", *(f"environment {i + 1}" for i in range(len(environments)))]
+    if len(environments) == 1 and len(users[0]) == total:
+        header = ["", "every run"]
+    rows = [header]
+    for key, title in _PROVENANCE_ROWS:
+        values = [_git_text(env) if key == "git_commit" else fmt(env.get(key), "{}")
+                  for env in environments]
+        rows.append([title, *values])
+    if header[1] != "every run":
+        rows.append(["runs", *("; ".join(names) for names in users)])
+    return rows
+
+
+def _setting_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def configuration_rows(config: dict[str, Any]) -> list[list[str]]:
+    """Every resolved setting of a run, as stored in its config.json."""
+    return [["setting", "value"]] + [[key, _setting_text(value)]
+                                     for key, value in run_settings(config).items()]
 
 
 @dataclass
@@ -765,7 +332,7 @@ class Report:
     convergence: list[str] = field(default_factory=list)
 
     def screen_summary(self) -> str:
-        lines = [_text_table(self.table)]
+        lines = [text_table(self.table)]
         if self.claims:
             lines += ["", *[claim.line() for claim in self.claims]]
         if self.convergence:
@@ -774,32 +341,53 @@ class Report:
         return "\n".join(lines)
 
 
-def _groups_of(directory: Path) -> tuple[str, dict[str, Any], dict[str, list[RunFiles]], bool]:
-    """Title, a representative config, the runs by optimizer, and whether it is a comparison."""
-    if (directory / COMPARE_FILE).exists():
-        spec = runfiles.read_json(directory / COMPARE_FILE)
-        try:
-            names, seeds = list(spec["optimizers"]), int(spec["seeds"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(
-                f"{directory / COMPARE_FILE} is not a comparison description") from None
-        groups = {}
-        for name in names:
-            runs = [read_run(run_dir_of(directory, name, seed)) for seed in range(seeds)
-                    if (run_dir_of(directory, name, seed) / CONFIG_FILE).exists()]
-            if len(runs) != seeds:
-                raise ValueError(f"{directory} lacks runs of {name}; finish them with "
-                                 "samhess compare --resume")
-            groups[name] = runs
-        first = next(iter(groups.values()))[0].config
-        return "samhess comparison", first, groups, True
-    if (directory / CONFIG_FILE).exists():
-        run = read_run(directory)
-        label = _label(run.optimizer)
-        title = f"samhess run: {label}" + ("" if label == run.optimizer else f" ({run.optimizer})")
-        title += "" if run.seed is None else f", seed {run.seed}"
-        return title, run.config, {run.optimizer: [run]}, False
-    raise ValueError(f"{directory} holds no run (config.json) or comparison (compare.json)")
+def _draw(groups: dict[str, list[RunFiles]]) -> list[tuple[FigureSpec, Drawn]]:
+    drawn = []
+    with default_style():
+        for spec in FIGURES:
+            result = spec.draw(groups)
+            if result is not None:
+                drawn.append((spec, result))
+    return drawn
+
+
+def _blocks(found: RunGroups, summary: dict[str, Any], claims: list[Claim],
+            matched: dict[str, Any], convergence: list[str],
+            figures: list[tuple[FigureSpec, Drawn]], layers: dict[str, Any],
+            seeds: list[int]) -> list[Block]:
+    groups = found.groups
+    blocks: list[Block] = [
+        Text(f"Task: {_task_line(found.config, seeds)}."),
+        Bullets([f"{name}: {_hyperparameters(name, runs[0].config)}"
+                 for name, runs in groups.items()]),
+        Table(format_table(summary)),
+        Text(_EXPLANATION, note=True),
+    ]
+    if claims:
+        blocks += [Heading("Does the seed note's picture hold here?"), Verdicts(claims)]
+    if matched:
+        loss = next(iter(matched.values()))["train_loss"]
+        blocks += [Heading(_MATCHED_TITLE), Text(_MATCHED_NOTE.format(loss=loss), note=True),
+                   Table(_matched_table(summary, matched))]
+    if convergence:
+        blocks += [Heading(_CONVERGENCE_TITLE), Text(_CONVERGENCE_NOTE, note=True),
+                   Bullets([f"{line}." for line in convergence])]
+    notes = {**_FIGURE_NOTES, "taylor.png": taylor_lines(groups)}
+    for spec, drawn in figures:
+        blocks.append(Image(spec.filename, spec.caption(len(seeds)), drawn.png,
+                            notes.get(spec.filename, [])))
+        if spec.filename == "layers.png" and layers:
+            blocks += [Text("Per-layer curvature at the last step every seed measured it (mean "
+                            "± sample std over seeds):", note=True),
+                       Table(_layer_rows(layers))]
+    provenance = provenance_rows(groups)
+    blocks.append(Heading("Provenance"))
+    blocks.append(Table(provenance) if provenance is not None
+                  else Text("The runs recorded no provenance.", note=True))
+    what = ("the first member run's; the optimizer, seed and per-optimizer lr and rho differ "
+            "between members as listed at the top" if found.is_compare else "the run's")
+    blocks.append(Details(f"Configuration ({what})", Table(configuration_rows(found.config))))
+    return blocks
 
 
 def build_report(directory: str | Path) -> Report:
@@ -807,41 +395,43 @@ def build_report(directory: str | Path) -> Report:
     directory = Path(directory)
     if not directory.is_dir():
         raise ValueError(f"{directory} is not a directory")
-    title, config, groups, is_compare = _groups_of(directory)
+    found = read_groups(directory)
+    groups = found.groups
+    seeds = sorted({run.seed for runs in groups.values() for run in runs},
+                   key=lambda seed: -1 if seed is None else seed)
     summary = {name: summary_entry(runs) for name, runs in groups.items()}
-    claims = evaluate_claims(summary, groups) if is_compare else []
+    matched = matched_entries(groups) if found.is_compare else {}
+    for name, entry in matched.items():
+        summary[name]["at_matched_train_loss"] = entry
+    claims = (evaluate_claims(ClaimEvidence(summary, groups, matched)) if found.is_compare
+              else [])
     convergence = []
-    if is_compare:
+    if found.is_compare:
         for name, entry in convergence_entries(groups).items():
             summary[name]["steps_to_base_final_loss"] = entry
             convergence.append(convergence_line(name, entry))
+    layers = layer_summary(groups)
+    for name, blocks in layers.items():
+        summary[name]["layers"] = blocks
+    figures = _draw(groups)
     table = format_table(summary)
-    hyper = [f"{name}: {_hyperparameters(name, runs[0].config)}" for name, runs in groups.items()]
-    images: list[tuple[str, str, bytes]] = []
-    with _default_style():
-        for filename, caption, plot in _PLOTS:
-            data = plot(groups)
-            if data is not None:
-                images.append((filename, caption, data))
 
     plots_dir = directory / PLOTS_DIR
     if runfiles.is_main_process():
         plots_dir.mkdir(exist_ok=True)
     plot_paths = []
-    for filename, _, data in images:
-        runfiles.write_bytes_atomic(plots_dir / filename, data)
-        plot_paths.append(plots_dir / filename)
+    for spec, drawn in figures:
+        runfiles.write_bytes_atomic(plots_dir / spec.filename, drawn.png)
+        plot_paths.append(plots_dir / spec.filename)
+    runfiles.write_json_atomic(plots_dir / FIGURES_FILE,
+                               {spec.filename: drawn.data for spec, drawn in figures})
     runfiles.write_json_atomic(directory / SUMMARY_FILE,
-                               summary if is_compare else next(iter(summary.values())))
-    if is_compare:
+                               summary if found.is_compare else next(iter(summary.values())))
+    if found.is_compare:
         runfiles.write_json_atomic(directory / CLAIMS_FILE, [c.to_dict() for c in claims])
-    task = _task_line(config)
-    notes = {"taylor.png": taylor_lines(groups)}
-    markdown = _markdown(title, task, hyper, table, claims, convergence,
-                         [(f, c) for f, c, _ in images], notes)
-    page = _html(title, task, hyper, table, claims, convergence, images, notes)
-    runfiles.write_text_atomic(directory / "report.md", markdown)
-    runfiles.write_text_atomic(directory / "report.html", page)
+    blocks = _blocks(found, summary, claims, matched, convergence, figures, layers, seeds)
+    runfiles.write_text_atomic(directory / "report.md", markdown(found.title, blocks))
+    runfiles.write_text_atomic(directory / "report.html", html_page(found.title, blocks))
     return Report(directory=directory, summary=summary, claims=claims, table=table,
                   markdown_path=directory / "report.md", html_path=directory / "report.html",
                   plot_paths=plot_paths, convergence=convergence)
@@ -853,6 +443,6 @@ def format_run_summary(out: Path, summary: dict[str, Any], report_path: Path,
     lines = []
     if resumed_from is not None:
         lines.append(f"Resumed from step {resumed_from}.")
-    lines.append(_text_table(format_table(summary)))
+    lines.append(text_table(format_table(summary)))
     lines += ["", f"Run files: {out}", f"Report: {report_path}"]
     return "\n".join(lines)

@@ -14,10 +14,13 @@ from typing import Any
 from samhess.distributed import is_main_process
 from samhess.experiments import runfiles
 from samhess.experiments.config import PRESENTATION_KEYS
+from samhess.experiments.provenance import (
+    PROVENANCE_KEY, run_settings, stored_provenance, with_environment,
+)
 from samhess.experiments.runfiles import CONFIG_FILE, METRICS_FILE
 
-__all__ = ["default_run_dir", "inspect_run_dir", "claim_run_dir", "abandon_run_dir",
-           "holds_a_record"]
+__all__ = ["default_run_dir", "inspect_run_dir", "claim_run_dir", "note_environment",
+           "abandon_run_dir", "holds_a_record"]
 
 
 def default_run_dir(config: Any) -> Path:
@@ -56,18 +59,37 @@ def inspect_run_dir(out: Path, config: Any, *, resume: bool, force: bool) -> str
 
 
 def claim_run_dir(out: Path, config: Any, decision: str) -> None:
-    """Make ``out`` this run's directory (after :func:`inspect_run_dir` said how)."""
+    """Make ``out`` this run's directory (after :func:`inspect_run_dir` said how).
+
+    ``config.json`` gets the configuration; a continued run keeps the provenance it recorded
+    (:func:`note_environment` adds this session's).
+    """
+    carried = []
+    if decision == "continue":
+        carried = stored_provenance(runfiles.read_json(out / CONFIG_FILE))
     if decision == "replace":
         runfiles.remove_outputs(out)
     if runfiles.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-    runfiles.write_json_atomic(out / CONFIG_FILE, config.to_dict())
+    runfiles.write_json_atomic(out / CONFIG_FILE, {**config.to_dict(), PROVENANCE_KEY: carried})
+
+
+def note_environment(out: Path, environment: dict[str, Any], step: int) -> None:
+    """Record in ``config.json`` the environment the run continues in from ``step``, unless it
+    is the one recorded last (:mod:`samhess.experiments.provenance`)."""
+    stored = runfiles.read_json(out / CONFIG_FILE)
+    entries = stored_provenance(stored)
+    updated = with_environment(entries, environment, step)
+    if updated != entries:
+        runfiles.write_json_atomic(out / CONFIG_FILE,
+                                   {**run_settings(stored), PROVENANCE_KEY: updated})
 
 
 def _require_same_run(out: Path, stored: Any, identity: dict[str, Any]) -> None:
     if not isinstance(stored, dict):
         raise ValueError(f"{out / CONFIG_FILE} is not a run configuration")
-    stored_identity = {k: v for k, v in stored.items() if k not in PRESENTATION_KEYS}
+    stored_identity = {k: v for k, v in run_settings(stored).items()
+                       if k not in PRESENTATION_KEYS}
     for key in sorted(set(stored_identity) | set(identity)):
         if stored_identity.get(key) != identity.get(key):
             raise ValueError(

@@ -41,9 +41,10 @@ from samhess.experiments import runfiles
 from samhess.experiments.checkpoint import (
     RunState, make_checkpoint, read_checkpoint, restore_checkpoint,
 )
-from samhess.experiments.progress import progress_bar, progress_enabled
+from samhess.experiments.progress import ComparisonProgress, RunProgress, progress_enabled
+from samhess.experiments.provenance import environment
 from samhess.experiments.rundir import (
-    abandon_run_dir, claim_run_dir, holds_a_record, inspect_run_dir,
+    abandon_run_dir, claim_run_dir, holds_a_record, inspect_run_dir, note_environment,
 )
 from samhess.experiments.runfiles import CHECKPOINT_FILE, METRICS_FILE, TIMING_FILE, MetricsLog
 from samhess.experiments.task import BatchOrder, Task, build_task
@@ -91,7 +92,8 @@ def _log_tensorboard(writer, record: dict[str, Any]) -> None:
 
 def run_experiment(config: Any, out: str | Path, *, resume: bool = False,
                    force: bool = False, quiet: bool = False,
-                   progress_desc: str | None = None, write_report: bool = True) -> RunResult:
+                   progress_desc: str | None = None, write_report: bool = True,
+                   comparison: ComparisonProgress | None = None) -> RunResult:
     """Train, track, checkpoint, analyse the final model and write the run's report.
 
     A new run (not one ``resume`` continues) that fails before its first record is written
@@ -108,6 +110,8 @@ def run_experiment(config: Any, out: str | Path, *, resume: bool = False,
         quiet: no progress bar.
         progress_desc: the progress bar's label.
         write_report: write the run's own report (a comparison writes one for all its runs).
+        comparison: the progress of the comparison this run is a member of (its bar is drawn
+            below the comparison's).
 
     Returns:
         A :class:`RunResult`.
@@ -125,7 +129,7 @@ def run_experiment(config: Any, out: str | Path, *, resume: bool = False,
     on_main_process(claim_run_dir, out, config, decision)
     try:
         return _train(task, out, decision, quiet=quiet, progress_desc=progress_desc,
-                      write_report=write_report)
+                      write_report=write_report, comparison=comparison)
     except BaseException:
         # A new run that fails before its first record leaves nothing to resume: take back
         # what it created, so that the corrected command finds the directory as it was.
@@ -134,8 +138,24 @@ def run_experiment(config: Any, out: str | Path, *, resume: bool = False,
         raise
 
 
+def record_steps(config: Any, step: int, records: int) -> tuple[list[int], list[int]]:
+    """The steps still to be recorded by a run at ``step`` that has written ``records`` records,
+    split into plain records and those that also measure per-layer curvature."""
+    steps = [0] if step == 0 and records == 0 else []
+    steps += [s for s in range(step + 1, config.steps + 1)
+              if s % config.track_every == 0 or s == config.steps]
+    layered = [s for s in steps if layer_record_due(config, s)]
+    return [s for s in steps if s not in layered], layered
+
+
+def layer_record_due(config: Any, step: int) -> bool:
+    """Whether the record at ``step`` also measures per-layer curvature."""
+    every = config.layer_track_every
+    return bool(every) and (step % every == 0 or step == config.steps)
+
+
 def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: str | None,
-           write_report: bool) -> RunResult:
+           write_report: bool, comparison: ComparisonProgress | None) -> RunResult:
     """The body of :func:`run_experiment` once ``out`` is claimed."""
     from samhess.experiments.analyze import analyze_final_model
     from samhess.experiments.report import build_report
@@ -156,6 +176,8 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed % 2**32)
+    device = next(task.model.parameters()).device
+    on_main_process(note_environment, out, environment(device, get_world_size()), state.step)
     writer = _tensorboard_writer(out, config, resumed_from)
     order = BatchOrder(task)
     context = StepContext(kind=task.kind, optimizer=task.optimizer, model=task.model,
@@ -163,16 +185,32 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
                           label_generator=task.label_generator,
                           per_replica=config.sam_perturbation == "per-replica")
 
+    analysis_path = out / "analysis" / "analysis.json"
+    analysis_due = resumed_from != config.steps or not on_main_process(analysis_path.exists)
+    plain, layered = record_steps(config, state.step, state.records)
+    show = progress_enabled(quiet) and is_main_process()
+    bar_settings = dict(desc=progress_desc or f"{config.optimizer} seed {config.seed}",
+                        steps=config.steps, step=state.step, records=len(plain),
+                        layer_records=len(layered), analysis=analysis_due)
+    if comparison is not None:
+        bar = comparison.run(config.optimizer, **bar_settings)
+    else:
+        bar = RunProgress(**bar_settings, enabled=show)
+
     def record() -> None:
         started = time.perf_counter()
-        if state.step < config.steps:
-            # The step about to be measured is the next training step, so give IRE the mask
-            # that step would compute (same weights, batch and label generator): training is
-            # unchanged, and IRE's first record has a mask to measure.
-            refresh_ire_mask(context, order.batch(state.step))
-        batch_loss = state.loss_sum / state.loss_count if state.loss_count else None
-        entry = measure_record(task.model, task.optimizer, task.tracking, step=state.step,
-                               epoch=state.step / task.batches_per_epoch, batch_loss=batch_loss)
+        layers = layer_record_due(config, state.step)
+        kind = "layer record" if layers else "record"
+        with bar.phase(f"{kind} at step {state.step}", kind):
+            if state.step < config.steps:
+                # The step about to be measured is the next training step, so give IRE the
+                # mask that step would compute (same weights, batch and label generator):
+                # training is unchanged, and IRE's first record has a mask to measure.
+                refresh_ire_mask(context, order.batch(state.step))
+            batch_loss = state.loss_sum / state.loss_count if state.loss_count else None
+            entry = measure_record(task.model, task.optimizer, task.tracking, step=state.step,
+                                   epoch=state.step / task.batches_per_epoch,
+                                   batch_loss=batch_loss, layers=layers)
         log.append(entry)
         _log_tensorboard(writer, entry)
         state.records += 1
@@ -183,39 +221,37 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
         runfiles.save_checkpoint(checkpoint_path, make_checkpoint(task, state))
         _write_timing(out, state)
 
-    if state.step == 0 and state.records == 0:
-        record()
-        checkpoint()
-    bar = progress_bar(total=config.steps, initial=state.step,
-                       desc=progress_desc or f"{config.optimizer} seed {config.seed}",
-                       enabled=progress_enabled(quiet) and is_main_process(), unit="step")
     try:
+        if state.step == 0 and state.records == 0:
+            record()
+            checkpoint()
         task.model.train()
         while state.step < config.steps:
             started = time.perf_counter()
             loss = training_step(context, order.batch(state.step))
-            state.train_seconds += time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            state.train_seconds += seconds
             if not np.isfinite(loss):
                 raise ValueError(f"training diverged at step {state.step} of the "
                                  f"{config.optimizer} run (loss {loss}); lower --lr or --rho")
             state.step += 1
             state.loss_sum += loss
             state.loss_count += 1
+            bar.trained(seconds, loss)
             if state.step % config.track_every == 0 or state.step == config.steps:
                 record()
             if state.step % config.checkpoint_every == 0 or state.step == config.steps:
                 checkpoint()
-            bar.update(1)
-            if state.loss_count == 1 or state.step % 10 == 0:
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if writer is not None:
+            writer.close()
+            writer = None
+        if analysis_due:
+            with bar.phase("final analysis", "analysis"):
+                analyze_final_model(out, task, step=state.step, phase=bar.subphase)
     finally:
         bar.close()
         if writer is not None:
             writer.close()
-
-    analysis_path = out / "analysis" / "analysis.json"
-    if resumed_from != config.steps or not analysis_path.exists():
-        analyze_final_model(out, task, step=state.step)
     if write_report:
         report = on_main_process(build_report, out)
         return RunResult(out=out, summary=report.summary, report_path=report.html_path,
