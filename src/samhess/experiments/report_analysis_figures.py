@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from samhess.experiments.report_plotting import (
-    Drawn, colour, log_scale, new_figure, png_bytes, shared_legend,
+    CURVATURE_UNIT, Drawn, band_handle, colour, log_scale, new_figure, panel_grid, png_bytes,
+    shared_legend,
 )
 from samhess.experiments.report_runs import RunFiles, label
 
@@ -30,7 +31,6 @@ Groups = dict[str, list[RunFiles]]
 
 #: A marker shape per seed (in seed order), the same in every analysis figure.
 SEED_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-_CURVATURE_UNIT = "loss / parameter$^2$"
 
 
 def _analysed(runs: list[RunFiles], key: str) -> list[tuple[RunFiles, dict[str, Any]]]:
@@ -43,17 +43,18 @@ def _analysed(runs: list[RunFiles], key: str) -> list[tuple[RunFiles, dict[str, 
     return out
 
 
+def _analysed_groups(groups: Groups, key: str) -> dict[str, list[tuple[RunFiles, Any]]]:
+    """:func:`_analysed` of every optimizer that has any."""
+    found = {name: _analysed(runs, key) for name, runs in groups.items()}
+    return {name: items for name, items in found.items() if items}
+
+
 def _marker(index: int) -> str:
     return SEED_MARKERS[index % len(SEED_MARKERS)]
 
 
 def _floats(values: list[float | None]) -> np.ndarray:
     return np.asarray([np.nan if v is None else v for v in values], dtype=float)
-
-
-def _grid(count: int) -> tuple[int, int]:
-    columns = min(count, 2) if count <= 4 else 3
-    return columns, -(-count // columns)
 
 
 def _seed_legend(figure, seeds: list[int], extra: list[tuple[Any, str]], top: float) -> None:
@@ -85,11 +86,10 @@ def plot_gains(groups: Groups) -> Drawn | None:
     optimizer and seed, with the first-order predictions."""
     from matplotlib.lines import Line2D
 
-    analysed = {name: _analysed(runs, "gains") for name, runs in groups.items()}
-    analysed = {name: items for name, items in analysed.items() if items}
+    analysed = _analysed_groups(groups, "gains")
     if not analysed:
         return None
-    columns, rows = _grid(len(analysed))
+    columns, rows = panel_grid(len(analysed))
     height = 3.4 * rows + 1.25
     figure, axes = new_figure((10.0, height), columns, rows, margins=dict(
         left=0.08, right=0.98, bottom=0.65 / height, top=1.0 - 1.2 / height, wspace=0.2,
@@ -125,7 +125,7 @@ def plot_gains(groups: Groups) -> Drawn | None:
         axis.axhline(1.0, color="#444444", linewidth=0.8, linestyle=":")
         _at_least_span(axis, _MIN_GAIN_SPAN)
         axis.set_title(f"{label(name)}: final step along its own top eigenvectors", fontsize=9)
-        axis.set_xlabel(f"Hessian eigenvalue ({_CURVATURE_UNIT})")
+        axis.set_xlabel(f"Hessian eigenvalue ({CURVATURE_UNIT})")
         axis.set_ylabel("gain <v, D> / <v, -lr g>")
         axis.grid(True, alpha=0.3)
     for axis in axes.flat[len(analysed):]:
@@ -179,11 +179,10 @@ def plot_taylor(groups: Groups) -> Drawn | None:
 
 def plot_spectrum(groups: Groups) -> Drawn | None:
     """The final Hessian spectral density, one panel per optimizer, a line per seed."""
-    analysed = {name: _analysed(runs, "spectral_density") for name, runs in groups.items()}
-    analysed = {name: items for name, items in analysed.items() if items}
+    analysed = _analysed_groups(groups, "spectral_density")
     if not analysed:
         return None
-    columns, rows = _grid(len(analysed))
+    columns, rows = panel_grid(len(analysed))
     height = 3.0 * rows + 0.5
     figure, axes = new_figure((10.0, height), columns, rows, sharex=True, sharey=True,
                               margins=dict(left=0.08, right=0.98, bottom=0.65 / height,
@@ -204,7 +203,7 @@ def plot_spectrum(groups: Groups) -> Drawn | None:
     for axis in axes.flat[len(analysed):]:
         axis.set_axis_off()
     for axis in axes[-1, :]:
-        axis.set_xlabel(f"eigenvalue ({_CURVATURE_UNIT})")
+        axis.set_xlabel(f"eigenvalue ({CURVATURE_UNIT})")
     for axis in axes[:, 0]:
         axis.set_ylabel("density (log scale)")
     return Drawn(png_bytes(figure), data)
@@ -227,11 +226,9 @@ def plot_landscape(groups: Groups) -> Drawn | None:
     from matplotlib.figure import Figure
     from matplotlib.gridspec import GridSpec
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
-    analysed = {name: [item for _, item in _analysed(runs, "landscape")]
-                for name, runs in groups.items()}
-    analysed = {name: items for name, items in analysed.items() if items}
+    analysed = {name: [item for _, item in items]
+                for name, items in _analysed_groups(groups, "landscape").items()}
     offsets = {tuple(item["offsets"]) for items in analysed.values() for item in items}
     if not analysed or len(offsets) != 1:
         return None
@@ -296,7 +293,7 @@ def plot_landscape(groups: Groups) -> Drawn | None:
     bar.set_label("loss", fontsize=8)
     handles = [Line2D([], [], color=colour(name), linewidth=2.0) for name in analysed]
     labels = [label(name) for name in analysed]
-    handles.append(Patch(facecolor="#777777", alpha=0.3, edgecolor="none"))
+    handles.append(band_handle())
     labels.append("lowest to highest seed")
     shared_legend(figure, handles, labels, top=1.0 - 0.05 / height)
     return Drawn(png_bytes(figure), data)

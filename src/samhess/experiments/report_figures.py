@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from samhess.experiments.report_plotting import (
-    Drawn, SeedBand, colour, draw_band, log_scale, new_figure, plain_log_formatter, png_bytes,
-    record_value, seed_band, shared_legend,
+    CURVATURE_UNIT, Drawn, SeedBand, band_handle, colour, draw_band, log_scale, new_figure,
+    panel_grid, plain_log_formatter, png_bytes, record_value, seed_band, shared_legend,
 )
 from samhess.experiments.report_runs import RunFiles, kind_of, label
 from samhess.experiments.stability import StabilityEdge, stability_threshold
@@ -33,7 +33,6 @@ __all__ = ["plot_curves", "plot_dynamics", "plot_eigenvalues", "plot_layers", "l
 Groups = dict[str, list[RunFiles]]
 
 _STEP_LABEL = "optimizer step"
-_CURVATURE_UNIT = "loss / parameter$^2$"
 
 
 def loss_unit(groups: Groups) -> str:
@@ -58,15 +57,15 @@ def _legend(figure, groups: Groups, extra: list[tuple[Any, str]] = (), *, top: f
     shared_legend(figure, handles, labels, top=top, columns=columns)
 
 
-def _band_line():
-    from matplotlib.patches import Patch
-
-    return Patch(facecolor="#777777", alpha=0.3, edgecolor="none")
-
-
-def _store(data: dict[str, Any], panel: str, name: str, band: SeedBand | None) -> None:
+def _banded(axis, store: dict[str, Any], key: str, runs: list[RunFiles], value,
+            **style: Any) -> SeedBand | None:
+    """The seed band of ``value(record)`` over ``runs``, recorded as ``store[key]`` and drawn on
+    ``axis`` in the runs' optimizer's colour; ``None`` when no step has it in every run."""
+    band = seed_band(runs, value)
     if band is not None:
-        data.setdefault(panel, {})[name] = band.to_dict()
+        store[key] = band.to_dict()
+        draw_band(axis, band, colour(runs[0].optimizer), **style)
+    return band
 
 
 def edge_band(runs: list[RunFiles]) -> tuple[str, SeedBand] | None:
@@ -123,26 +122,20 @@ def plot_curves(groups: Groups) -> Drawn:
     has_accuracy = any(r.get("test_accuracy") is not None
                        for runs in groups.values() for run in runs for r in run.records)
     gradient_edges: list[float] = []
+
+    def panel(key: str) -> dict[str, Any]:
+        return data.setdefault(key, {})
+
     for name, runs in groups.items():
         tint = colour(name)
-        band = seed_band(runs, record_value("train_loss"))
-        _store(data, "train_loss", name, band)
-        if band:
-            draw_band(loss_axis, band, tint)
-        band = seed_band(runs, record_value("test_loss"))
-        _store(data, "test_loss", name, band)
-        if band:
-            draw_band(loss_axis, band, tint, linestyle="--", linewidth=1.1)
+        _banded(loss_axis, panel("train_loss"), name, runs, record_value("train_loss"))
+        _banded(loss_axis, panel("test_loss"), name, runs, record_value("test_loss"),
+                linestyle="--", linewidth=1.1)
         if has_accuracy:
-            band = seed_band(runs, lambda r: None if r.get("test_accuracy") is None
-                             else 100.0 * (1.0 - r["test_accuracy"]))
-            _store(data, "test_error_percent", name, band)
-            if band:
-                draw_band(error_axis, band, tint)
-        band = seed_band(runs, record_value("lambda_max"))
-        _store(data, "lambda_max", name, band)
-        if band:
-            draw_band(sharp_axis, band, tint)
+            _banded(error_axis, panel("test_error_percent"), name, runs,
+                    lambda r: None if r.get("test_accuracy") is None
+                    else 100.0 * (1.0 - r["test_accuracy"]))
+        _banded(sharp_axis, panel("lambda_max"), name, runs, record_value("lambda_max"))
         edge = edge_band(runs)
         if edge is not None:
             formula, band = edge
@@ -153,10 +146,7 @@ def plot_curves(groups: Groups) -> Drawn:
             else:
                 sharp_axis.plot(band.steps, band.mean, color=tint, linestyle=":",
                                 linewidth=1.3)
-        band = seed_band(runs, record_value("hessian_trace"))
-        _store(data, "hessian_trace", name, band)
-        if band:
-            draw_band(trace_axis, band, tint)
+        _banded(trace_axis, panel("hessian_trace"), name, runs, record_value("hessian_trace"))
     _gradient_edges(sharp_axis, gradient_edges, data.get("lambda_max", {}))
     loss = loss_unit(groups)
     log_scale(loss_axis)
@@ -170,14 +160,14 @@ def plot_curves(groups: Groups) -> Drawn:
         error_axis.text(0.5, 0.5, "no accuracy: a regression task", ha="center",
                         va="center", transform=error_axis.transAxes)
         error_axis.set_axis_off()
-    sharp_axis.set_ylabel(f"$\\lambda_{{\\max}}$ ({_CURVATURE_UNIT})")
+    sharp_axis.set_ylabel(f"$\\lambda_{{\\max}}$ ({CURVATURE_UNIT})")
     sharp_axis.set_title("top Hessian eigenvalue, with the edge of stability", fontsize=10)
-    trace_axis.set_ylabel(f"Tr(H) ({_CURVATURE_UNIT})")
+    trace_axis.set_ylabel(f"Tr(H) ({CURVATURE_UNIT})")
     trace_axis.set_title("Hessian trace (Hutch++)", fontsize=10)
     for axis in axes.flat:
         axis.set_xlabel(_STEP_LABEL)
         axis.grid(True, alpha=0.3)
-    extra = [(_band_line(), "lowest to highest seed"),
+    extra = [(band_handle(), "lowest to highest seed"),
              (Line2D([], [], color="#555555", linestyle="--"), "2/lr (gradient descent's edge)")]
     if any(value["edge"] != StabilityEdge.GRADIENT_DESCENT.value
            for value in data.get("stability_edge", {}).values()):
@@ -203,14 +193,12 @@ def plot_dynamics(groups: Groups) -> Drawn:
          "$\\|g\\|$ (loss / parameter), log scale", True),
     )
     for axis, key, title, ylabel, logarithmic in panels:
-        drawn = False
-        for name, runs in groups.items():
-            band = seed_band(runs, record_value(key))
-            _store(data, key, name, band)
-            if band:
-                draw_band(axis, band, colour(name))
-                drawn = True
-        if not drawn:
+        store: dict[str, Any] = {}
+        drawn = [_banded(axis, store, name, runs, record_value(key))
+                 for name, runs in groups.items()]
+        if store:
+            data[key] = store
+        if not any(drawn):
             axis.text(0.5, 0.5, "no IRE kind in this report" if key == "gain_ratio_vs_base"
                       else "not recorded", ha="center", va="center", transform=axis.transAxes)
             axis.set_axis_off()
@@ -223,13 +211,8 @@ def plot_dynamics(groups: Groups) -> Drawn:
         axis.set_ylabel(ylabel)
         axis.set_xlabel(_STEP_LABEL)
         axis.grid(True, alpha=0.3)
-    _legend(figure, groups, [(_band_line(), "lowest to highest seed")])
+    _legend(figure, groups, [(band_handle(), "lowest to highest seed")])
     return Drawn(png_bytes(figure), data)
-
-
-def _panel_grid(count: int) -> tuple[int, int]:
-    columns = min(count, 2) if count <= 4 else 3
-    return columns, -(-count // columns)
 
 
 def plot_eigenvalues(groups: Groups) -> Drawn | None:
@@ -241,31 +224,29 @@ def plot_eigenvalues(groups: Groups) -> Drawn | None:
     k = min(counts) if counts else 0
     if k == 0:
         return None
-    columns, rows = _panel_grid(len(groups))
+    columns, rows = panel_grid(len(groups))
     figure, axes = new_figure((10.0, 3.3 * rows + 0.8), columns, rows, sharex=True,
                               sharey=True, margins=dict(left=0.08, right=0.98, bottom=0.09,
-                                                        top=1.0 - 0.75 / (3.3 * rows + 0.8),
+                                                        top=1.0 - 0.95 / (3.3 * rows + 0.8),
                                                         wspace=0.12, hspace=0.3))
     styles = ["-", "--", ":", "-."]
     data: dict[str, Any] = {}
     for axis, (name, runs) in zip(axes.flat, groups.items()):
         for index in range(k):
-            band = seed_band(runs, lambda r, i=index: (r.get("eigenvalues") or [None] * k)[i])
-            if band:
-                data.setdefault(name, {})[f"lambda_{index + 1}"] = band.to_dict()
-                draw_band(axis, band, colour(name), linestyle=styles[index % len(styles)],
-                          linewidth=1.4)
+            _banded(axis, data.setdefault(name, {}), f"lambda_{index + 1}", runs,
+                    lambda r, i=index: (r.get("eigenvalues") or [None] * k)[i],
+                    linestyle=styles[index % len(styles)], linewidth=1.4)
         axis.set_title(label(name), fontsize=10)
         axis.grid(True, alpha=0.3)
     for axis in axes.flat[len(groups):]:
         axis.set_axis_off()
     for axis in axes[:, 0]:
-        axis.set_ylabel(f"eigenvalue ({_CURVATURE_UNIT})")
+        axis.set_ylabel(f"eigenvalue ({CURVATURE_UNIT})")
     for axis in axes[-1, :]:
         axis.set_xlabel(_STEP_LABEL)
     extra = [(Line2D([], [], color="#555555", linestyle=styles[i % len(styles)]),
               f"$\\lambda_{i + 1}$") for i in range(k)]
-    extra.append((_band_line(), "lowest to highest seed"))
+    extra.append((band_handle(), "lowest to highest seed"))
     _legend(figure, groups, extra)
     return Drawn(png_bytes(figure), data)
 
@@ -351,7 +332,7 @@ def plot_layers(groups: Groups) -> Drawn | None:
         if image is not None:
             cax = figure.add_axes([0.9, last.y0, 0.015, last.height])
             bar = figure.colorbar(image, cax=cax)
-            bar.set_label(_CURVATURE_UNIT, fontsize=8)
+            bar.set_label(CURVATURE_UNIT, fontsize=8)
             bar.ax.yaxis.set_major_formatter(plain_log_formatter())
             bar.ax.yaxis.set_minor_formatter(plain_log_formatter(minor=True))
             bar.ax.tick_params(labelsize=7, which="both")

@@ -17,12 +17,14 @@ import numpy as np
 
 from samhess.experiments.report_runs import RunFiles, kind_of
 
-__all__ = ["BAND_TEXT", "Drawn", "SeedBand", "seed_band", "default_style", "new_figure",
-           "png_bytes", "colour", "draw_band", "record_value", "log_scale", "shared_legend",
-           "plain_log_formatter"]
+__all__ = ["BAND_TEXT", "CURVATURE_UNIT", "Drawn", "SeedBand", "seed_band", "default_style",
+           "new_figure", "png_bytes", "colour", "draw_band", "record_value", "log_scale",
+           "shared_legend", "plain_log_formatter", "panel_grid", "band_handle"]
 
 #: How captions state the band.
 BAND_TEXT = "line: mean over seeds; shaded band: lowest to highest seed"
+#: The unit of Hessian eigenvalues and traces (of the mean loss) in axis labels.
+CURVATURE_UNIT = "loss / parameter$^2$"
 
 
 @dataclass
@@ -156,3 +158,16 @@ def shared_legend(figure, handles: list, labels: list[str], *, top: float = 0.99
     a row."""
     figure.legend(handles, labels, loc="upper center", ncol=min(len(handles), columns),
                   bbox_to_anchor=(0.5, top), frameon=False, fontsize=9)
+
+
+def panel_grid(count: int) -> tuple[int, int]:
+    """Columns and rows for ``count`` panels: two a row up to four, three beyond."""
+    columns = min(count, 2) if count <= 4 else 3
+    return columns, -(-count // columns)
+
+
+def band_handle():
+    """The legend entry of a seed band."""
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor="#777777", alpha=0.3, edgecolor="none")
