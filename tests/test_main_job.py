@@ -1,8 +1,9 @@
 """README's main job: plain ``samhess compare`` runs end to end, and README's table is its output.
 
 The README table must come from today's code. This test runs the default comparison and checks
-every figure of README's table except the wall-clock column against the fresh run: a change that
-moves the results without updating README fails here.
+every figure of README's table except the wall-clock column, and the numbers of its verdict on
+flatness at matched train loss, against the fresh run: a change that moves the results without
+updating README fails here.
 """
 
 import json
@@ -22,6 +23,16 @@ RELATIVE_TOLERANCE = 0.05
 
 def _numbers(cell: str) -> list[float]:
     return [float(x) for x in re.findall(r"-?\d+\.\d+", cell)]
+
+
+def _readme_flatness_verdict() -> tuple[float, float, float]:
+    """The matched loss and SAM's and SGD's lambda_max there, as README states them."""
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    match = re.search(r"SAM is flatter than SGD at matched train loss: where the train loss first "
+                      r"reaches (\d\.\d+) \(the lowest loss every run reached\), lambda_max is "
+                      r"(\d+\.\d+) against (\d+\.\d+)", text)
+    assert match, "README states no flatness verdict at matched train loss"
+    return tuple(float(value) for value in match.groups())
 
 
 def _readme_table() -> tuple[list[str], dict[str, list[str]]]:
@@ -46,6 +57,11 @@ def test_default_compare_reproduces_readme_table_and_its_verdicts(tmp_path):
     assert result.returncode == 0, result.stderr
     claims = json.loads((out / "claims.json").read_text())
     assert [c["holds"] for c in claims] == [True] * len(claims), claims
+    flatter = next(c["evidence"] for c in claims if c["claim"].startswith("SAM is flatter"))
+    found = re.search(r"lambda_max (\d+\.\d+) \(SAM\) vs (\d+\.\d+) \(SGD\) where the train "
+                      r"loss first reaches (\d\.\d+)", flatter)
+    sam, sgd, loss = (float(value) for value in found.groups())
+    assert _readme_flatness_verdict() == pytest.approx((loss, sam, sgd), rel=RELATIVE_TOLERANCE)
     for name in ("report.md", "report.html", "summary.json"):
         assert (out / name).is_file()
 

@@ -382,11 +382,12 @@ def _blocks(found: RunGroups, summary: dict[str, Any], claims: list[Claim],
                        Table(_layer_rows(layers))]
     provenance = provenance_rows(groups)
     blocks.append(Heading("Provenance"))
-    blocks.append(Table(provenance) if provenance is not None
+    blocks.append(Table(provenance, numeric=False) if provenance is not None
                   else Text("The runs recorded no provenance.", note=True))
     what = ("the first member run's; the optimizer, seed and per-optimizer lr and rho differ "
             "between members as listed at the top" if found.is_compare else "the run's")
-    blocks.append(Details(f"Configuration ({what})", Table(configuration_rows(found.config))))
+    blocks.append(Details(f"Configuration ({what})",
+                          Table(configuration_rows(found.config), numeric=False)))
     return blocks
 
 

@@ -47,9 +47,11 @@ class Verdicts:
 
 @dataclass
 class Table:
-    """Rows of cells, the header first; the first column is left-aligned, the others right."""
+    """Rows of cells, the header first; the first column is left-aligned, the others right
+    (numbers) or left (``numeric=False``: words)."""
 
     rows: list[list[str]]
+    numeric: bool = True
 
 
 @dataclass
@@ -75,9 +77,11 @@ def _markdown_cell(cell: str) -> str:
     return cell.replace("|", "\\|")
 
 
-def _markdown_table(rows: list[list[str]]) -> list[str]:
+def _markdown_table(table: Table) -> list[str]:
+    rows = table.rows
+    rule = "---:" if table.numeric else "---"
     lines = ["| " + " | ".join(_markdown_cell(c) for c in rows[0]) + " |",
-             "| " + " | ".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + " |"]
+             "| " + " | ".join(["---"] + [rule] * (len(rows[0]) - 1)) + " |"]
     lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows[1:]]
     return lines
 
@@ -96,14 +100,14 @@ def markdown(title: str, blocks: list[Block]) -> str:
             lines += [f"- **{c.verdict}**: {c.claim}. {c.evidence}." for c in block.claims]
             lines.append("")
         elif isinstance(block, Table):
-            lines += _markdown_table(block.rows) + [""]
+            lines += _markdown_table(block) + [""]
         elif isinstance(block, Image):
             lines += [f"## {block.caption}", "",
                       f"![{block.caption}]({PLOTS_DIR}/{block.filename})", ""]
             if block.notes:
                 lines += [*(f"- {line}." for line in block.notes), ""]
         elif isinstance(block, Details):
-            lines += [block.summary + ":", ""] + _markdown_table(block.table.rows) + [""]
+            lines += [block.summary + ":", ""] + _markdown_table(block.table) + [""]
         else:  # pragma: no cover - every block type is rendered above
             raise TypeError(f"unknown block {type(block).__name__}")
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -115,7 +119,7 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; mar
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 td { white-space: nowrap; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child, table.words td, table.words th { text-align: left; }
 th { background: #f3f3f3; }
 .holds { color: #1a7f37; font-weight: bold; }
 .fails { color: #b3261e; font-weight: bold; }
@@ -131,8 +135,10 @@ def _cell_html(cell: str) -> str:
     return html.escape(cell).replace(" ± ", f"{_NBSP}±{_NBSP}")
 
 
-def _table_html(rows: list[list[str]]) -> list[str]:
-    parts = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"]
+def _table_html(table: Table) -> list[str]:
+    rows = table.rows
+    opening = "<table>" if table.numeric else '<table class="words">'
+    parts = [opening, "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"]
     parts += ["<tr>" + "".join(f"<td>{_cell_html(c)}</td>" for c in row) + "</tr>"
               for row in rows[1:]]
     parts.append("</table>")
@@ -163,7 +169,7 @@ def html_page(title: str, blocks: list[Block]) -> str:
         elif isinstance(block, Verdicts):
             parts += ["<ul>", *(_verdict_html(claim) for claim in block.claims), "</ul>"]
         elif isinstance(block, Table):
-            parts += _table_html(block.rows)
+            parts += _table_html(block)
         elif isinstance(block, Image):
             encoded = base64.b64encode(block.png).decode("ascii")
             parts += [f"<h2>{esc(block.caption)}</h2>",
@@ -173,7 +179,7 @@ def html_page(title: str, blocks: list[Block]) -> str:
                 parts += ["<ul>", *(f"<li>{esc(line)}.</li>" for line in block.notes), "</ul>"]
         elif isinstance(block, Details):
             parts += ["<details>", f"<summary>{esc(block.summary)}</summary>",
-                      *_table_html(block.table.rows), "</details>"]
+                      *_table_html(block.table), "</details>"]
         else:  # pragma: no cover - every block type is rendered above
             raise TypeError(f"unknown block {type(block).__name__}")
     parts += ["</body>", "</html>", ""]
