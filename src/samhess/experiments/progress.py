@@ -1,4 +1,5 @@
-"""Progress bars that tell the truth: drawn on a terminal; silent in logs, pipes, tests, ``--quiet``.
+"""Progress bars that tell the truth: drawn on a terminal; silent in logs, pipes, tests and with
+``--quiet``.
 
 A run's bar (:class:`RunProgress`) covers everything the run does, not only its steps: the
 records (curvature tracking, step 0's included), the per-layer records and the final analysis.

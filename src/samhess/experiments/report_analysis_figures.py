@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from samhess.experiments.report_plotting import (
-    CURVATURE_UNIT, Drawn, band_handle, colour, log_scale, new_figure, panel_grid, png_bytes,
+    CURVATURE_UNIT, Drawn, band_entries, colour, log_scale, new_figure, panel_grid, png_bytes,
     shared_legend,
 )
 from samhess.experiments.report_runs import RunFiles, label
@@ -280,7 +280,9 @@ def plot_landscape(groups: Groups) -> Drawn | None:
                                cmap="viridis")
         axis.plot([0.0], [0.0], marker="+", color="white", markersize=9)
         axis.set_aspect("equal")
-        axis.set_title(f"{label(name)}: mean of {len(analysed[name])} seeds", fontsize=9)
+        seeds = len(analysed[name])
+        what = "one seed" if seeds == 1 else f"mean of {seeds} seeds"
+        axis.set_title(f"{label(name)}: {what}", fontsize=9)
         axis.set_xlabel("$\\alpha$ along $d_1$ (filter norms)", fontsize=8)
         if index == 0:
             axis.set_ylabel("$\\beta$ along $d_2$", fontsize=8)
@@ -293,7 +295,8 @@ def plot_landscape(groups: Groups) -> Drawn | None:
     bar.set_label("loss", fontsize=8)
     handles = [Line2D([], [], color=colour(name), linewidth=2.0) for name in analysed]
     labels = [label(name) for name in analysed]
-    handles.append(band_handle())
-    labels.append("lowest to highest seed")
+    for handle, text in band_entries(max(len(items) for items in analysed.values())):
+        handles.append(handle)
+        labels.append(text)
     shared_legend(figure, handles, labels, top=1.0 - 0.05 / height)
     return Drawn(png_bytes(figure), data)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from samhess.experiments.report_plotting import (
-    CURVATURE_UNIT, Drawn, SeedBand, band_handle, colour, draw_band, log_scale, new_figure,
+    CURVATURE_UNIT, Drawn, SeedBand, band_entries, colour, draw_band, log_scale, new_figure,
     panel_grid, plain_log_formatter, png_bytes, record_value, seed_band, shared_legend,
 )
 from samhess.experiments.report_runs import RunFiles, kind_of, label
@@ -41,6 +41,10 @@ def loss_unit(groups: Groups) -> str:
     classified = any(r.get("test_accuracy") is not None
                      for runs in groups.values() for run in runs for r in run.records)
     return "cross-entropy (nats)" if classified else "mean squared error"
+
+
+def _most_seeds(groups: Groups) -> int:
+    return max(len(runs) for runs in groups.values())
 
 
 def _legend(figure, groups: Groups, extra: list[tuple[Any, str]] = (), *, top: float = 0.995,
@@ -167,7 +171,7 @@ def plot_curves(groups: Groups) -> Drawn:
     for axis in axes.flat:
         axis.set_xlabel(_STEP_LABEL)
         axis.grid(True, alpha=0.3)
-    extra = [(band_handle(), "lowest to highest seed"),
+    extra = [*band_entries(_most_seeds(groups)),
              (Line2D([], [], color="#555555", linestyle="--"), "2/lr (gradient descent's edge)")]
     if any(value["edge"] != StabilityEdge.GRADIENT_DESCENT.value
            for value in data.get("stability_edge", {}).values()):
@@ -211,7 +215,7 @@ def plot_dynamics(groups: Groups) -> Drawn:
         axis.set_ylabel(ylabel)
         axis.set_xlabel(_STEP_LABEL)
         axis.grid(True, alpha=0.3)
-    _legend(figure, groups, [(band_handle(), "lowest to highest seed")])
+    _legend(figure, groups, band_entries(_most_seeds(groups)))
     return Drawn(png_bytes(figure), data)
 
 
@@ -246,7 +250,7 @@ def plot_eigenvalues(groups: Groups) -> Drawn | None:
         axis.set_xlabel(_STEP_LABEL)
     extra = [(Line2D([], [], color="#555555", linestyle=styles[i % len(styles)]),
               f"$\\lambda_{i + 1}$") for i in range(k)]
-    extra.append((band_handle(), "lowest to highest seed"))
+    extra += band_entries(_most_seeds(groups))
     _legend(figure, groups, extra)
     return Drawn(png_bytes(figure), data)
 

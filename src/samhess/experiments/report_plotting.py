@@ -19,7 +19,7 @@ from samhess.experiments.report_runs import RunFiles, kind_of
 
 __all__ = ["BAND_TEXT", "CURVATURE_UNIT", "Drawn", "SeedBand", "seed_band", "default_style",
            "new_figure", "png_bytes", "colour", "draw_band", "record_value", "log_scale",
-           "shared_legend", "plain_log_formatter", "panel_grid", "band_handle"]
+           "shared_legend", "plain_log_formatter", "panel_grid", "band_entries"]
 
 #: How captions state the band.
 BAND_TEXT = "line: mean over seeds; shaded band: lowest to highest seed"
@@ -166,8 +166,10 @@ def panel_grid(count: int) -> tuple[int, int]:
     return columns, -(-count // columns)
 
 
-def band_handle():
-    """The legend entry of a seed band."""
+def band_entries(seeds: int) -> list[tuple[Any, str]]:
+    """The legend entry of a seed band, as ``(handle, label)``; none for a single seed."""
     from matplotlib.patches import Patch
 
-    return Patch(facecolor="#777777", alpha=0.3, edgecolor="none")
+    if seeds < 2:
+        return []
+    return [(Patch(facecolor="#777777", alpha=0.3, edgecolor="none"), "lowest to highest seed")]

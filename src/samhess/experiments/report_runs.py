@@ -9,7 +9,9 @@ from typing import Any
 from samhess.experiments import runfiles
 from samhess.experiments.optimizer_kinds import OPTIMIZER_KINDS, OptimizerKind, optimizer_kind
 from samhess.experiments.provenance import stored_provenance
-from samhess.experiments.runfiles import COMPARE_FILE, CONFIG_FILE, METRICS_FILE, TIMING_FILE, MetricsLog
+from samhess.experiments.runfiles import (
+    COMPARE_FILE, CONFIG_FILE, METRICS_FILE, TIMING_FILE, MetricsLog,
+)
 
 __all__ = ["ANALYSIS_FILE", "TRACKER_SOURCE", "RunFiles", "RunGroups", "read_run",
            "read_groups", "run_dir_of", "kind_of", "label"]
