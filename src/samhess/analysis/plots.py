@@ -170,14 +170,16 @@ def plot_landscape(result: LandscapeSlices, path: str | Path) -> Path:
     lines.legend(fontsize=8)
     surface = np.array([_finite(row) for row in result.plane], dtype=float)
     positive = surface[np.isfinite(surface) & (surface > 0)]
-    levels = np.geomspace(positive.min(), positive.max(), 13) if positive.size else 12
-    filled = plane.contourf(offsets, offsets, surface, levels=levels,
-                            norm=_log_norm(positive), cmap="viridis")
+    if positive.size:
+        levels = np.geomspace(positive.min(), positive.max(), 13)
+        filled = plane.contourf(offsets, offsets, surface, levels=levels,
+                                norm=_log_norm(positive), cmap="viridis")
+        bar = figure.colorbar(filled, ax=plane, label="loss", ticks=levels[::3])
+        bar.ax.set_yticklabels([f"{level:.2g}" for level in levels[::3]])
     plane.plot([0.0], [0.0], "w+", markersize=10)
     plane.set_xlabel("alpha along d1 (filter norms)")
     plane.set_ylabel("beta along d2 (filter norms)")
     plane.set_aspect("equal")
-    figure.colorbar(filled, ax=plane, label="loss")
     figure.suptitle("Loss around the trained weights (Li et al., NeurIPS 2018)", fontsize=10)
     return _save(figure, path)
 
@@ -185,6 +187,4 @@ def plot_landscape(result: LandscapeSlices, path: str | Path) -> Path:
 def _log_norm(values: np.ndarray):
     from matplotlib.colors import LogNorm
 
-    if not values.size:
-        return None
     return LogNorm(vmin=float(values.min()), vmax=float(values.max()))
