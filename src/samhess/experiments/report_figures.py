@@ -91,6 +91,11 @@ def edge_band(runs: list[RunFiles]) -> tuple[str, SeedBand] | None:
     return (None if band is None else (edge.value, band))
 
 
+#: The legend of the edges drawn as curves (dotted, in the optimizer's colour).
+_EDGE_LEGEND = {
+    StabilityEdge.SAM: "SAM's edge: lr λ (1 + ρ λ / ||g||) = 2",
+    StabilityEdge.USAM: "USAM's edge: lr λ (1 + ρ λ) = 2",
+}
 #: A reference line further above the data than this factor (times the data's top) is named at
 #: the top of the panel instead of stretching its axis.
 _REFERENCE_REACH = 2.0
@@ -171,12 +176,14 @@ def plot_curves(groups: Groups) -> Drawn:
     for axis in axes.flat:
         axis.set_xlabel(_STEP_LABEL)
         axis.grid(True, alpha=0.3)
-    extra = [*band_entries(_most_seeds(groups)),
-             (Line2D([], [], color="#555555", linestyle="--"), "2/lr (gradient descent's edge)")]
-    if any(value["edge"] != StabilityEdge.GRADIENT_DESCENT.value
-           for value in data.get("stability_edge", {}).values()):
-        extra.append((Line2D([], [], color="#555555", linestyle=":"),
-                      "SAM's edge: lr λ (1 + ρ λ / ||g||) = 2"))
+    extra = band_entries(_most_seeds(groups))
+    edges = {value["edge"] for value in data.get("stability_edge", {}).values()}
+    if StabilityEdge.GRADIENT_DESCENT.value in edges:
+        extra.append((Line2D([], [], color="#555555", linestyle="--"),
+                      "2/lr (gradient descent's edge)"))
+    for edge, text in _EDGE_LEGEND.items():
+        if edge.value in edges:
+            extra.append((Line2D([], [], color="#555555", linestyle=":"), text))
     _legend(figure, groups, extra)
     return Drawn(png_bytes(figure), data)
 
