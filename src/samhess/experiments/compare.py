@@ -6,7 +6,7 @@ and the report of :mod:`samhess.experiments.report` over all of them.
 
 With no arguments this is the project's main job: scikit-learn's digits (shipped with
 scikit-learn, no network), an MLP, SGD, SAM, IRE and SAM-IRE, three seeds of 1000 steps, about
-27 s of CPU time on one core. Its report says whether the seed note's claims hold on that task.
+25 s of CPU time on one core. Its report says whether the seed note's claims hold on that task.
 """
 
 from __future__ import annotations
