@@ -113,12 +113,14 @@ def plot_gains(groups: Groups) -> Drawn | None:
             data.setdefault(name, {})[f"seed {run.seed}"] = entry
             if predictions and all(p is not None for p in predictions):
                 predicted = _floats(predictions)
-                if gains.get("predictions_linear_in_eigenvalue"):
-                    xs = np.concatenate([[0.0], eigenvalues])
-                    ys = np.concatenate([[1.0], predicted])
-                    order = np.argsort(xs, kind="stable")
-                    axis.plot(xs[order], ys[order], color=tint, linestyle="--", linewidth=1.0,
-                              alpha=0.8)
+                if (gains.get("predictions_linear_in_eigenvalue")
+                        and np.unique(eigenvalues).size >= 2):
+                    # a + c lambda (a = 1 but for GSAM): the line through the predictions,
+                    # drawn from lambda = 0, where it meets the flat subspace's gain
+                    slope, intercept = np.polyfit(eigenvalues, predicted, 1)
+                    xs = np.array([0.0, float(eigenvalues.max())])
+                    axis.plot(xs, intercept + slope * xs, color=tint, linestyle="--",
+                              linewidth=1.0, alpha=0.8)
                 else:  # one prediction per eigenvector (IRE's mask, ASAM's scaling)
                     axis.scatter(eigenvalues, predicted, facecolors="none", edgecolors=tint,
                                  marker=marker, s=80, linewidths=1.0, zorder=4)
