@@ -6,11 +6,12 @@ directory:
 
 * ``summary.json``: for a comparison, each optimizer's name mapped to its entry; for one run,
   the entry itself. An entry holds ``final_train_loss``, ``test_accuracy``, ``lambda_max``,
-  ``hessian_trace``, ``sharp_flat_gain_ratio``, ``ire_sharp_flat_gain_ratio_vs_base`` and
-  ``seconds_per_step``, each as ``{"mean": ..., "std": ...}`` over the seeds (sample standard
-  deviation; 0.0 for one seed; ``null`` where a run has no such value), plus ``seeds`` and
-  ``steps``. The values are those of the last record of each run, except the gain ratios
-  (median over the records after step 0) and the time (``timing.json``). In a comparison, the
+  ``hessian_trace``, ``sharp_flat_gain_ratio`` and ``ire_sharp_flat_gain_ratio_vs_base``,
+  each as ``{"mean": ..., "std": ...}`` over the seeds (sample standard deviation; 0.0 for one
+  seed; ``null`` where a run has no such value), plus ``seeds``, ``steps`` and ``complete``.
+  The values are those of the last record of each run, except the gain ratios (median over the
+  records after step 0). Wall-clock time stays in each run's ``timing.json``: it is the one
+  thing two runs of one configuration do not share. In a comparison, the
   entry of an IRE kind whose base optimizer was also run (``ire`` and ``sgd``, ``sam-ire`` and
   ``sam``, ``admire`` and ``adamw``) also holds ``steps_to_base_final_loss``
   (:func:`steps_to_base_final_loss`).
@@ -21,8 +22,14 @@ directory:
 * ``report.md`` (linking the PNGs) and ``report.html`` (the PNGs embedded, self-contained).
 
 The output is a function of the input files only: no dates, no paths outside the directory,
-floats printed with fixed formats, PNGs written without a software or date stamp. Rebuilding a
-report from the same files gives byte-identical files.
+no wall-clock times, floats printed with fixed formats, PNGs written without a software or date
+stamp. Rebuilding a report from the same files gives byte-identical files, and so do two runs of
+one configuration.
+
+An unfinished run or comparison (a run stopped before its last step or its final analysis, a
+member not started) is reported as it stands, labelled at the top and per member, and every
+claim that would compare runs at different steps is withheld (:func:`progress_of`,
+:func:`withhold_unequal_progress`).
 """
 
 from __future__ import annotations
@@ -38,19 +45,23 @@ from typing import Any
 
 import numpy as np
 
+from samhess.errors import RunFileError
 from samhess.experiments import runfiles
+from samhess.experiments.lock import run_directory_lock
+from samhess.experiments.metrics_log import MetricsLog
 from samhess.experiments.optimizer_kinds import (
     OPTIMIZER_KINDS,
     ClaimKind,
     OptimizerKind,
     optimizer_kind,
 )
+from samhess.experiments.ownership import OwnedFiles
+from samhess.experiments.rundir import read_compare_config, read_run_config
 from samhess.experiments.runfiles import (
-    COMPARE_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TIMING_FILE, MetricsLog,
+    CLAIMS_FILE, COMPARE_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TIMING_FILE,
 )
 
 ANALYSIS_FILE = Path("analysis") / "analysis.json"
-CLAIMS_FILE = "claims.json"
 PLOTS_DIR = "plots"
 
 #: Entry keys of summary.json and the record key (or timing key) each comes from.
@@ -61,7 +72,6 @@ SUMMARY_KEYS: dict[str, str] = {
     "hessian_trace": "hessian_trace",
     "sharp_flat_gain_ratio": "gain_ratio",
     "ire_sharp_flat_gain_ratio_vs_base": "gain_ratio_vs_base",
-    "seconds_per_step": "seconds_per_step",
 }
 
 #: Record keys summarized by their median over the records after step 0 (one step's ratio
@@ -92,7 +102,6 @@ _COLUMNS = (
     ("hessian_trace", "Tr(H)", "{:.2f}"),
     ("sharp_flat_gain_ratio", "sharp/flat vs grad step", "{:.3f}"),
     ("ire_sharp_flat_gain_ratio_vs_base", "sharp/flat vs base", "{:.3f}"),
-    ("seconds_per_step", "s/step", "{:.4f}"),
 )
 
 @dataclass
@@ -104,6 +113,8 @@ class RunFiles:
     records: list[dict[str, Any]]
     timing: dict[str, Any] | None
     analysis: dict[str, Any] | None
+    #: Parts of the final analysis that failed, with their errors (left out of ``analysis``).
+    analysis_errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def optimizer(self) -> str:
@@ -118,22 +129,33 @@ def read_run(directory: Path) -> RunFiles:
     """Read one run directory.
 
     Raises:
-        ValueError: ``config.json`` or ``metrics.jsonl`` is missing or malformed.
+        RunFileError: ``config.json`` or ``metrics.jsonl`` is missing or malformed, or the log
+            holds no record.
     """
-    config = runfiles.read_json(directory / CONFIG_FILE)
-    if not isinstance(config, dict) or "optimizer" not in config:
-        raise ValueError(f"{directory / CONFIG_FILE} is not a run configuration")
-    if config.get("source") != TRACKER_SOURCE:
-        optimizer_kind(config["optimizer"])  # an unknown name is an error, never a guess
+    stored = runfiles.read_json(directory / CONFIG_FILE)
+    if isinstance(stored, dict) and stored.get("source") == TRACKER_SOURCE:
+        config = stored  # what the user's loop could say, with nulls for the rest
+        if "optimizer" not in config:
+            raise RunFileError(f"{directory / CONFIG_FILE} is not a run configuration")
+    else:
+        config = read_run_config(directory).to_dict()  # an unknown name is an error
     records = MetricsLog(directory / METRICS_FILE).records()
     if not records:
-        raise ValueError(f"{directory / METRICS_FILE} holds no records; the run has not started")
+        raise RunFileError(f"{directory / METRICS_FILE} holds no records; the run has not "
+                           "started")
     timing_path = directory / TIMING_FILE
     timing = runfiles.read_json(timing_path) if timing_path.exists() else None
     analysis_path = directory / ANALYSIS_FILE
     analysis = runfiles.read_json(analysis_path) if analysis_path.exists() else None
+    errors: dict[str, str] = {}
+    if analysis is not None:
+        if not isinstance(analysis, dict) or not isinstance(analysis.get("step"), int):
+            raise RunFileError(f"{analysis_path} is not a samhess analysis")
+        errors = {key: value["error"] for key, value in analysis.items()
+                  if isinstance(value, dict) and isinstance(value.get("error"), str)}
+        analysis = {key: value for key, value in analysis.items() if key not in errors}
     return RunFiles(directory=directory, config=config, records=records, timing=timing,
-                    analysis=analysis)
+                    analysis=analysis, analysis_errors=errors)
 
 
 def run_dir_of(compare_dir: Path, optimizer: str, seed: int) -> Path:
@@ -168,19 +190,19 @@ def summary_entry(runs: Sequence[RunFiles]) -> dict[str, Any]:
 
     Every value is the last record's, except the gain ratios ``sharp_flat_gain_ratio`` and
     ``ire_sharp_flat_gain_ratio_vs_base`` (the median over the records after step 0,
-    :func:`median_gain_ratio`) and ``seconds_per_step`` (timing.json).
+    :func:`median_gain_ratio`). ``complete`` says whether every seed ran to its last step and
+    its final analysis (a comparison also clears it for a seed that never started).
     """
     entry: dict[str, Any] = {}
     for key, source in SUMMARY_KEYS.items():
-        if source == "seconds_per_step":
-            values = [(run.timing or {}).get("seconds_per_step") for run in runs]
-        elif source in _MEDIAN_KEYS:
+        if source in _MEDIAN_KEYS:
             values = [median_gain_ratio(run, source) for run in runs]
         else:
             values = [run.records[-1].get(source) for run in runs]
         entry[key] = _mean_std(values)
     entry["seeds"] = [run.seed for run in runs]
     entry["steps"] = [run.records[-1]["step"] for run in runs]
+    entry["complete"] = all(progress_of(run).complete for run in runs)
     return entry
 
 
@@ -254,17 +276,25 @@ def convergence_line(name: str, entry: dict[str, Any]) -> str:
 
 @dataclass
 class Claim:
-    """One of the seed note's claims, tested on this comparison's numbers."""
+    """One of the seed note's claims, tested on this comparison's numbers.
+
+    A withheld claim (``withheld``) has no verdict: its runs stopped at different steps, and
+    comparing them would be comparing unequal progress (:func:`withhold_unequal_progress`).
+    """
 
     claim: str
     holds: bool | None
     evidence: str
+    withheld: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"claim": self.claim, "holds": self.holds, "evidence": self.evidence}
+        return {"claim": self.claim, "holds": self.holds, "evidence": self.evidence,
+                "withheld": self.withheld}
 
     @property
     def verdict(self) -> str:
+        if self.withheld:
+            return "WITHHELD"
         return {True: "HOLDS", False: "DOES NOT HOLD", None: "UNDECIDED"}[self.holds]
 
     def line(self) -> str:
@@ -368,14 +398,110 @@ def evaluate_claims(summary: dict[str, dict[str, Any]],
     * flatter than its reference: a lower final lambda_max than the kind it is compared with
       (SGD for the SAM family), when that kind was run.
     """
+    return [claim for claim, _ in _claims_with_members(summary, groups)]
+
+
+def _claims_with_members(summary: dict[str, dict[str, Any]], groups: dict[str, list[RunFiles]]
+                         ) -> list[tuple[Claim, tuple[str, ...]]]:
+    """Each claim of :func:`evaluate_claims` with the optimizers whose runs it draws on."""
     claims = []
     for claim_kind, rule in _CLAIM_RULES.items():
         for name in summary:
             if claim_kind in optimizer_kind(name).claims:
                 claim = rule(name, summary, groups)
                 if claim is not None:
-                    claims.append(claim)
+                    reference = optimizer_kind(name).flatness_reference
+                    members = ((name, reference) if claim_kind is ClaimKind.FLATTER_THAN_REFERENCE
+                               else (name,))
+                    claims.append((claim, members))
     return claims
+
+
+# ---------------------------------------------------------------------------------------------
+# Completeness: an unfinished run or comparison is reported as it stands, labelled as such, and
+# a claim comparing runs at different steps is withheld.
+
+@dataclass(frozen=True)
+class Progress:
+    """How far one member run got.
+
+    Attributes:
+        optimizer, seed: the member.
+        step: its last record's step (``None``: it never started).
+        steps: the steps it was configured for.
+        analysed: whether its final analysis is there, of its last step.
+    """
+
+    optimizer: str
+    seed: int
+    step: int | None
+    steps: int
+    analysed: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.step == self.steps and self.analysed
+
+    def line(self) -> str:
+        """One plain phrase on where the member stands."""
+        member = f"{self.optimizer} seed {self.seed}"
+        if self.step is None:
+            return f"{member}: not started"
+        if self.step != self.steps:
+            return f"{member}: stopped at step {self.step} of {self.steps}"
+        return f"{member}: trained to step {self.steps}, final analysis missing"
+
+
+def progress_of(run: RunFiles) -> Progress:
+    """Where ``run`` stands, from its records and its analysis."""
+    steps = int(run.config["steps"])
+    # A loop tracked by samhess.Tracker has no final analysis: its last record ends it.
+    analysed = run.config.get("source") == TRACKER_SOURCE or (
+        run.analysis is not None and run.analysis.get("step") == steps)
+    return Progress(run.optimizer, run.seed, int(run.records[-1]["step"]), steps, analysed)
+
+
+def incomplete_members(groups: dict[str, list[RunFiles]], missing: Sequence[Progress]
+                       ) -> list[Progress]:
+    """The members that are not complete: started ones first, in report order, then those
+    that never started."""
+    started = [progress_of(run) for runs in groups.values() for run in runs]
+    return [p for p in started if not p.complete] + list(missing)
+
+
+def _unequal_progress(members: Sequence[str], groups: dict[str, list[RunFiles]],
+                      missing: Sequence[Progress]) -> str | None:
+    """Why the runs of ``members`` are not comparable (stopped at different steps, or a seed
+    never started), or ``None`` when they all reached the same step."""
+    if any(p.optimizer in members for p in missing):
+        return "a seed of " + ", ".join(sorted({p.optimizer for p in missing
+                                                if p.optimizer in members})) + " never started"
+    reached = sorted({progress_of(run).step for name in members for run in groups.get(name, [])})
+    if len(reached) > 1:
+        return "the runs stopped at different steps (" + ", ".join(map(str, reached)) + ")"
+    return None
+
+
+def withhold_unequal_progress(claims: list[tuple[Claim, tuple[str, ...]]],
+                              groups: dict[str, list[RunFiles]], missing: Sequence[Progress]
+                              ) -> list[Claim]:
+    """The claims, each withheld (no verdict) where its runs did not reach the same step."""
+    out = []
+    for claim, members in claims:
+        reason = _unequal_progress(members, groups, missing)
+        out.append(claim if reason is None else Claim(
+            claim.claim, None, f"withheld: {reason}; finish the comparison with samhess "
+            "compare --resume", withheld=True))
+    return out
+
+
+def incompleteness_banner(subject: str, incomplete: Sequence[Progress]) -> list[str]:
+    """The lines at the top of an unfinished report: what is unfinished, member by member."""
+    if not incomplete:
+        return []
+    return [f"INCOMPLETE: this {subject} is unfinished; values are those of the last record "
+            "each run reached, and claims comparing runs at different steps are withheld",
+            *(progress.line() for progress in incomplete)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,7 +743,8 @@ def format_table(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
     """Rows of the summary table, header first."""
     rows = [["optimizer"] + [title for _, title, _ in _COLUMNS]]
     for name, entry in summary.items():
-        rows.append([name] + [_fmt_stat(entry[key], spec) for key, _, spec in _COLUMNS])
+        label = name if entry.get("complete", True) else f"{name} (incomplete)"
+        rows.append([label] + [_fmt_stat(entry[key], spec) for key, _, spec in _COLUMNS])
     return rows
 
 
@@ -667,8 +794,7 @@ _EXPLANATION = (
     "the same learning rate: 1 for SGD, above 1 where sharp directions are accelerated most "
     "(the seed note's picture of SAM), below 1 where flat ones are. 'vs base' (IRE kinds only): "
     "the reference is the step of IRE's own base optimizer (SGD, SAM or AdamW) from the same "
-    "state, which isolates what IRE adds; IRE's claims are judged on it. s/step is wall-clock "
-    "training time per step, tracking excluded."
+    "state, which isolates what IRE adds; IRE's claims are judged on it."
 )
 
 
@@ -680,10 +806,17 @@ _CONVERGENCE_NOTE = (
 )
 
 
+_ANALYSIS_ERRORS_TITLE = "Parts of the final analysis that failed"
+
+
 def _markdown(title: str, task: str, hyper: list[str], table: list[list[str]],
               claims: list[Claim], convergence: list[str],
-              images: list[tuple[str, str]], notes: dict[str, list[str]]) -> str:
-    lines = [f"# {title}", "", f"Task: {task}.", ""]
+              images: list[tuple[str, str]], notes: dict[str, list[str]],
+              banner: Sequence[str] = (), errors: Sequence[str] = ()) -> str:
+    lines = [f"# {title}", ""]
+    if banner:
+        lines += [f"> **{banner[0]}.**", ">", *(f"> - {line}" for line in banner[1:]), ""]
+    lines += [f"Task: {task}.", ""]
     lines += [f"- {line}" for line in hyper]
     lines += ["", _markdown_table(table), "", _EXPLANATION, ""]
     if claims:
@@ -694,6 +827,8 @@ def _markdown(title: str, task: str, hyper: list[str], table: list[list[str]],
         lines += [f"## {_CONVERGENCE_TITLE}", "", _CONVERGENCE_NOTE, ""]
         lines += [f"- {line}." for line in convergence]
         lines.append("")
+    if errors:
+        lines += [f"## {_ANALYSIS_ERRORS_TITLE}", "", *(f"- {line}." for line in errors), ""]
     for filename, caption in images:
         lines += [f"## {caption}", "", f"![{caption}]({PLOTS_DIR}/{filename})", ""]
         if notes.get(filename):
@@ -712,16 +847,23 @@ th { background: #f3f3f3; }
 .fails { color: #b3261e; font-weight: bold; }
 img { max-width: 100%; border: 1px solid #eee; }
 p.note { color: #555; font-size: 0.92em; }
+.withheld { color: #8a6d00; font-weight: bold; }
+div.incomplete { border: 2px solid #b3261e; padding: 0 1em; margin: 1em 0; }
 """.strip()
 
 
 def _html(title: str, task: str, hyper: list[str], table: list[list[str]],
           claims: list[Claim], convergence: list[str],
-          images: list[tuple[str, str, bytes]], notes: dict[str, list[str]]) -> str:
+          images: list[tuple[str, str, bytes]], notes: dict[str, list[str]],
+          banner: Sequence[str] = (), errors: Sequence[str] = ()) -> str:
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              f"<title>{esc(title)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
-             f"<h1>{esc(title)}</h1>", f"<p>Task: {esc(task)}.</p>", "<ul>"]
+             f"<h1>{esc(title)}</h1>"]
+    if banner:
+        parts += ['<div class="incomplete">', f"<p><strong>{esc(banner[0])}.</strong></p>",
+                  "<ul>", *(f"<li>{esc(line)}</li>" for line in banner[1:]), "</ul>", "</div>"]
+    parts += [f"<p>Task: {esc(task)}.</p>", "<ul>"]
     parts += [f"<li>{esc(line)}</li>" for line in hyper]
     parts += ["</ul>", "<table>",
               "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in table[0]) + "</tr>"]
@@ -732,6 +874,8 @@ def _html(title: str, task: str, hyper: list[str], table: list[list[str]],
         for claim in claims:
             css, word = {True: ("holds", "HOLDS"), False: ("fails", "DOES NOT HOLD"),
                          None: ("", "UNDECIDED")}[claim.holds]
+            if claim.withheld:
+                css, word = "withheld", claim.verdict
             parts.append(f'<li><span class="{css}">{word}</span>: {esc(claim.claim)}. '
                          f"{esc(claim.evidence)}.</li>")
         parts.append("</ul>")
@@ -740,6 +884,9 @@ def _html(title: str, task: str, hyper: list[str], table: list[list[str]],
                   f'<p class="note">{esc(_CONVERGENCE_NOTE)}</p>', "<ul>"]
         parts += [f"<li>{esc(line)}.</li>" for line in convergence]
         parts.append("</ul>")
+    if errors:
+        parts += [f"<h2>{esc(_ANALYSIS_ERRORS_TITLE)}</h2>", "<ul>",
+                  *(f"<li>{esc(line)}.</li>" for line in errors), "</ul>"]
     for filename, caption, data in images:
         encoded = base64.b64encode(data).decode("ascii")
         parts += [f"<h2>{esc(caption)}</h2>",
@@ -763,58 +910,99 @@ class Report:
     html_path: Path
     plot_paths: list[Path] = field(default_factory=list)
     convergence: list[str] = field(default_factory=list)
+    #: The incompleteness banner (empty for a finished run or comparison).
+    incomplete: list[str] = field(default_factory=list)
+    analysis_errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every member ran to its last step and its final analysis."""
+        return not self.incomplete
 
     def screen_summary(self) -> str:
-        lines = [_text_table(self.table)]
+        lines = [*self.incomplete, *([""] if self.incomplete else []), _text_table(self.table)]
         if self.claims:
             lines += ["", *[claim.line() for claim in self.claims]]
         if self.convergence:
             lines += ["", *[f"{line}." for line in self.convergence]]
+        if self.analysis_errors:
+            lines += ["", *[f"Final analysis: {line}." for line in self.analysis_errors]]
         lines += ["", f"Report: {self.html_path}"]
         return "\n".join(lines)
 
 
-def _groups_of(directory: Path) -> tuple[str, dict[str, Any], dict[str, list[RunFiles]], bool]:
-    """Title, a representative config, the runs by optimizer, and whether it is a comparison."""
+def _groups_of(directory: Path) -> tuple[str, dict[str, Any], dict[str, list[RunFiles]], bool,
+                                         list[Progress]]:
+    """Title, a representative config, the runs by optimizer, whether it is a comparison, and
+    the members that never started (a comparison's seeds without records)."""
     if (directory / COMPARE_FILE).exists():
-        spec = runfiles.read_json(directory / COMPARE_FILE)
-        try:
-            names, seeds = list(spec["optimizers"]), int(spec["seeds"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(
-                f"{directory / COMPARE_FILE} is not a comparison description") from None
-        groups = {}
-        for name in names:
-            runs = [read_run(run_dir_of(directory, name, seed)) for seed in range(seeds)
-                    if (run_dir_of(directory, name, seed) / CONFIG_FILE).exists()]
-            if len(runs) != seeds:
-                raise ValueError(f"{directory} lacks runs of {name}; finish them with "
-                                 "samhess compare --resume")
-            groups[name] = runs
+        spec = read_compare_config(directory)
+        groups: dict[str, list[RunFiles]] = {}
+        missing = []
+        for name in spec.optimizers:
+            runs = []
+            for seed in range(spec.seeds):
+                run_dir = run_dir_of(directory, name, seed)
+                if (run_dir / CONFIG_FILE).exists() and MetricsLog(run_dir / METRICS_FILE).records():
+                    runs.append(read_run(run_dir))
+                else:
+                    missing.append(Progress(name, seed, None, spec.task.steps, False))
+            if runs:
+                groups[name] = runs
+        if not groups:
+            raise RunFileError(f"{directory} holds a comparison none of whose runs has started; "
+                               "run it with samhess compare --resume")
         first = next(iter(groups.values()))[0].config
-        return "samhess comparison", first, groups, True
+        return "samhess comparison", first, groups, True, missing
     if (directory / CONFIG_FILE).exists():
         run = read_run(directory)
         label = _label(run.optimizer)
         title = f"samhess run: {label}" + ("" if label == run.optimizer else f" ({run.optimizer})")
         title += "" if run.seed is None else f", seed {run.seed}"
-        return title, run.config, {run.optimizer: [run]}, False
-    raise ValueError(f"{directory} holds no run (config.json) or comparison (compare.json)")
+        return title, run.config, {run.optimizer: [run]}, False, []
+    raise RunFileError(f"{directory} holds no run (config.json) or comparison (compare.json)")
+
+
+def analysis_error_lines(groups: dict[str, list[RunFiles]]) -> list[str]:
+    """One line per part of a final analysis that failed: member, part and error."""
+    return [f"{run.optimizer} seed {run.seed}: {part} failed ({error})"
+            for runs in groups.values() for run in runs
+            for part, error in run.analysis_errors.items()]
 
 
 def build_report(directory: str | Path) -> Report:
-    """Write summary.json, claims.json (comparisons), plots, report.md and report.html."""
+    """Write summary.json, claims.json (comparisons), plots, report.md and report.html.
+
+    Holds the directory's lock while it writes, and writes only over files samhess wrote.
+
+    Raises:
+        RunFileError: the run files are missing or malformed.
+        RunDirectoryError: another process writes the directory, or a file the report would
+            replace is not samhess's.
+    """
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"{directory} is not a directory")
-    title, config, groups, is_compare = _groups_of(directory)
+        raise RunFileError(f"{directory} is not a directory")
+    with run_directory_lock(directory, "samhess report"):
+        return _build_report(directory)
+
+
+def _build_report(directory: Path) -> Report:
+    title, config, groups, is_compare, missing = _groups_of(directory)
+    incomplete = incomplete_members(groups, missing)
     summary = {name: summary_entry(runs) for name, runs in groups.items()}
-    claims = evaluate_claims(summary, groups) if is_compare else []
+    for progress in missing:
+        summary[progress.optimizer]["complete"] = False
+    claims = (withhold_unequal_progress(_claims_with_members(summary, groups), groups, missing)
+              if is_compare else [])
     convergence = []
     if is_compare:
         for name, entry in convergence_entries(groups).items():
             summary[name]["steps_to_base_final_loss"] = entry
-            convergence.append(convergence_line(name, entry))
+            reason = _unequal_progress((name, entry["base"]), groups, missing)
+            convergence.append(convergence_line(name, entry) if reason is None else
+                               f"{_label(name)} against {_label(entry['base'])}: withheld, "
+                               f"{reason}")
     table = format_table(summary)
     hyper = [f"{name}: {_hyperparameters(name, runs[0].config)}" for name, runs in groups.items()]
     images: list[tuple[str, str, bytes]] = []
@@ -824,27 +1012,26 @@ def build_report(directory: str | Path) -> Report:
             if data is not None:
                 images.append((filename, caption, data))
 
-    plots_dir = directory / PLOTS_DIR
-    if runfiles.is_main_process():
-        plots_dir.mkdir(exist_ok=True)
-    plot_paths = []
-    for filename, _, data in images:
-        runfiles.write_bytes_atomic(plots_dir / filename, data)
-        plot_paths.append(plots_dir / filename)
-    runfiles.write_json_atomic(directory / SUMMARY_FILE,
-                               summary if is_compare else next(iter(summary.values())))
-    if is_compare:
-        runfiles.write_json_atomic(directory / CLAIMS_FILE, [c.to_dict() for c in claims])
+    banner = incompleteness_banner("comparison" if is_compare else "run", incomplete)
+    errors = analysis_error_lines(groups)
     task = _task_line(config)
     notes = {"taylor.png": taylor_lines(groups)}
     markdown = _markdown(title, task, hyper, table, claims, convergence,
-                         [(f, c) for f, c, _ in images], notes)
-    page = _html(title, task, hyper, table, claims, convergence, images, notes)
-    runfiles.write_text_atomic(directory / "report.md", markdown)
-    runfiles.write_text_atomic(directory / "report.html", page)
+                         [(f, c) for f, c, _ in images], notes, banner, errors)
+    page = _html(title, task, hyper, table, claims, convergence, images, notes, banner, errors)
+    files = {f"{PLOTS_DIR}/{filename}": data for filename, _, data in images}
+    files[SUMMARY_FILE] = (runfiles.dumps_json(
+        summary if is_compare else next(iter(summary.values()))) + "\n").encode("utf-8")
+    if is_compare:
+        files[CLAIMS_FILE] = (runfiles.dumps_json([c.to_dict() for c in claims])
+                              + "\n").encode("utf-8")
+    files["report.md"] = markdown.encode("utf-8")
+    files["report.html"] = page.encode("utf-8")
+    OwnedFiles(directory).write_files(files)
     return Report(directory=directory, summary=summary, claims=claims, table=table,
                   markdown_path=directory / "report.md", html_path=directory / "report.html",
-                  plot_paths=plot_paths, convergence=convergence)
+                  plot_paths=[directory / PLOTS_DIR / filename for filename, _, _ in images],
+                  convergence=convergence, incomplete=banner, analysis_errors=errors)
 
 
 def format_run_summary(out: Path, summary: dict[str, Any], report_path: Path,

@@ -2,22 +2,34 @@
 
 :func:`inspect_run_dir` decides without touching anything; :func:`claim_run_dir` then makes the
 directory the run's; :func:`abandon_run_dir` takes back what a new run wrote when it fails before
-its first record, so that the corrected command finds the directory as it was.
+its first record, so that the corrected command finds the directory as it was. All three run
+under the directory's lock (:func:`samhess.experiments.lock.run_directory_lock`).
+
+A directory is a samhess run when its manifest (:mod:`samhess.experiments.ownership`) says so.
+Only files whose content samhess wrote are ever removed or replaced: a directory whose
+``config.json`` (or any other run file) is the user's is refused, without suggesting
+``--force``, and ``--force`` leaves the user's files where they are.
 """
 
 from __future__ import annotations
 
-import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
 from samhess.distributed import is_main_process
+from samhess.errors import RunDirectoryError, RunFileError, UsageError
 from samhess.experiments import runfiles
-from samhess.experiments.config import PRESENTATION_KEYS
-from samhess.experiments.runfiles import CONFIG_FILE, METRICS_FILE
+from samhess.experiments.config import PRESENTATION_KEYS, RUN_SETTINGS, CompareConfig, RunConfig
+from samhess.experiments.ownership import OwnedFiles
+from samhess.experiments.runfiles import COMPARE_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES
 
 __all__ = ["default_run_dir", "inspect_run_dir", "claim_run_dir", "abandon_run_dir",
-           "holds_a_record"]
+           "holds_a_record", "read_run_config", "read_compare_config", "refuse_foreign_files", "RUN_KIND",
+           "COMPARISON_KIND"]
+
+#: What a manifest says its directory holds.
+RUN_KIND, COMPARISON_KIND = "run", "comparison"
 
 
 def default_run_dir(config: Any) -> Path:
@@ -25,56 +37,118 @@ def default_run_dir(config: Any) -> Path:
     return Path("runs") / f"{config.dataset}-{config.optimizer}-seed-{config.seed}"
 
 
+def refuse_foreign_files(out: Path, names: tuple[str, ...]) -> None:
+    """Refuse ``out`` when one of ``names`` exists there and samhess did not write it.
+
+    Raises:
+        RunDirectoryError: naming the files; the message does not suggest ``--force``, which
+            would not remove them either.
+    """
+    foreign = OwnedFiles(out).foreign(names)
+    if foreign:
+        listed = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4
+                                           else "")
+        raise RunDirectoryError(f"{out} holds {listed}, which samhess did not write (or which "
+                                "were changed since); move them away or choose another --out")
+
+
 def inspect_run_dir(out: Path, config: Any, *, resume: bool, force: bool) -> str:
     """What to do with ``out``, decided without touching it.
 
     Returns:
-        ``"fresh"`` (nothing there), ``"continue"`` (``resume`` of this very run) or
-        ``"replace"`` (``force`` over existing run files).
+        ``"fresh"`` (no run there), ``"continue"`` (``resume`` of this very run) or
+        ``"replace"`` (``force`` over a run of samhess's).
 
     Raises:
-        ValueError: ``out`` holds a run and neither ``resume`` nor ``force`` says what to do,
-            or ``resume`` meets a different configuration.
+        RunDirectoryError: ``out`` holds files samhess did not write under a run file's name,
+            a comparison, or a run while neither ``resume`` nor ``force`` says what to do.
+        RunFileError: ``resume`` meets a different or unreadable configuration.
     """
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file, not a directory")
+        raise RunDirectoryError(f"--out {str(out)!r} is a file, not a directory")
     if resume and force:
-        raise ValueError("--resume and --force contradict each other: pick one")
-    if not runfiles.holds_run(out):
+        raise RunDirectoryError("--resume and --force contradict each other: pick one")
+    owned = OwnedFiles(out)
+    if not owned.exists():
+        refuse_foreign_files(out, RUN_FILES)
         return "fresh"
+    if owned.kind == COMPARISON_KIND:
+        raise RunDirectoryError(f"{out} holds a comparison, not a run; use samhess compare "
+                                "with it, or another --out")
     if force:
+        refuse_foreign_files(out, RUN_FILES)  # the user's files would stay and be overwritten
         return "replace"
     if not resume:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or "
-                         "--force to replace it")
-    stored_path = out / CONFIG_FILE
-    if (out / runfiles.COMPARE_FILE).exists() or not stored_path.exists():
-        raise ValueError(f"{out} holds a comparison or an incomplete run, not a run to "
-                         "resume; use --force to replace it")
-    _require_same_run(out, runfiles.read_json(stored_path), config.identity())
+        raise RunDirectoryError(f"{out} already holds a run; pass --resume to continue it or "
+                                "--force to replace it")
+    if not owned.owns(CONFIG_FILE):
+        raise RunDirectoryError(f"{out} holds an incomplete run (its config.json is missing or "
+                                "was changed), not a run to resume; use --force to replace it")
+    refuse_foreign_files(out, RUN_FILES)
+    _require_same_run(out, runfiles.read_json(out / CONFIG_FILE), config.identity())
     return "continue"
 
 
 def claim_run_dir(out: Path, config: Any, decision: str) -> None:
-    """Make ``out`` this run's directory (after :func:`inspect_run_dir` said how)."""
+    """Make ``out`` this run's directory (after :func:`inspect_run_dir` said how).
+
+    ``"replace"`` removes the files samhess wrote there, and only those.
+    """
+    owned = OwnedFiles(out)
     if decision == "replace":
-        runfiles.remove_outputs(out)
-    if runfiles.is_main_process():
+        owned.remove_owned()
+    if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-    runfiles.write_json_atomic(out / CONFIG_FILE, config.to_dict())
+    owned.set_kind(RUN_KIND)
+    owned.write_json(CONFIG_FILE, config.to_dict())
 
 
 def _require_same_run(out: Path, stored: Any, identity: dict[str, Any]) -> None:
     if not isinstance(stored, dict):
-        raise ValueError(f"{out / CONFIG_FILE} is not a run configuration")
+        raise RunFileError(f"{out / CONFIG_FILE} is not a run configuration")
     stored_identity = {k: v for k, v in stored.items() if k not in PRESENTATION_KEYS}
     for key in sorted(set(stored_identity) | set(identity)):
         if stored_identity.get(key) != identity.get(key):
-            raise ValueError(
+            raise RunDirectoryError(
                 f"cannot resume {out}: it holds a different run ({key} = "
                 f"{stored_identity.get(key)!r} there, {identity.get(key)!r} now); use --force "
                 "to replace it or another --out"
             )
+
+
+def read_run_config(run_dir: Path) -> Any:
+    """The :class:`RunConfig` a run directory's ``config.json`` holds, every key checked.
+
+    Raises:
+        RunFileError: the file is missing, not JSON, lacks a setting, or holds a bad value;
+            the message names the file and the key.
+    """
+    path = run_dir / CONFIG_FILE
+    stored = runfiles.read_json(path)
+    if not isinstance(stored, dict):
+        raise RunFileError(f"{path} is not a run configuration (not a JSON object)")
+    missing = [name for name in RUN_SETTINGS if name not in stored]
+    if missing:
+        raise RunFileError(f"{path} is not a complete run configuration: it lacks "
+                           f"{', '.join(missing)}")
+    try:
+        return RunConfig.from_dict(stored)
+    except (ValueError, TypeError) as exc:
+        # the message names the key as "config.json: key = value ..."
+        raise RunFileError(f"{run_dir}{os.sep}{exc}") from None
+
+
+def read_compare_config(directory: Path) -> CompareConfig:
+    """The comparison ``directory/compare.json`` describes, every key checked.
+
+    Raises:
+        RunFileError: the file is missing, not JSON, or not a complete comparison description.
+    """
+    path = directory / COMPARE_FILE
+    try:
+        return CompareConfig.from_dict(runfiles.read_json(path), source=str(path))
+    except UsageError as exc:
+        raise RunFileError(str(exc)) from None
 
 
 def holds_a_record(out: Path) -> bool:
@@ -84,11 +158,9 @@ def holds_a_record(out: Path) -> bool:
         return False
 
 
-def abandon_run_dir(out: Path, created: bool) -> None:
-    """Remove a new run's files (and ``out`` itself if the run created it and it is empty)."""
+def abandon_run_dir(out: Path) -> None:
+    """Remove the files a new run wrote (samhess's only; the lock removes ``out`` if it made it
+    and it is left empty)."""
     if not is_main_process():
         return
-    runfiles.remove_outputs(out)
-    if created:
-        with contextlib.suppress(OSError):  # not empty: files of the user's stay, and out too
-            out.rmdir()
+    OwnedFiles(out).remove_owned()

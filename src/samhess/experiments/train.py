@@ -12,6 +12,13 @@ reproducible and resumable:
   any point, even by ``kill -9``, ends with the metrics file of a run that never stopped.
 * Wall-clock time is kept out of ``metrics.jsonl`` (in ``timing.json``), so two runs with one
   seed write identical metrics on CPU.
+* One process writes a run directory at a time: the run holds the directory's lock
+  (:mod:`samhess.experiments.lock`) from its first look at the directory to its report, and
+  writes, replaces and removes only files samhess wrote (:mod:`samhess.experiments.ownership`).
+* A run that diverges stops with one line naming the step, the optimizer and the remedy
+  (:class:`~samhess.errors.DivergenceError`): at a non-finite loss, at a non-finite gradient
+  (SAM and IRE raise on one), or at a record whose losses or curvature are not finite, which is
+  then not written.
 
 Under ``torchrun`` (``torch.distributed`` initialized by the command line) the training passes
 run through DistributedDataParallel and every rank takes its contiguous shard of each global
@@ -37,15 +44,21 @@ import torch
 from torch import nn
 
 from samhess.distributed import get_world_size, is_main_process, on_main_process
+from samhess.errors import DivergenceError, UsageError
 from samhess.experiments import runfiles
 from samhess.experiments.checkpoint import (
     RunState, make_checkpoint, read_checkpoint, restore_checkpoint,
 )
+from samhess.experiments.config import record_steps
+from samhess.experiments.lock import run_directory_lock
+from samhess.experiments.metrics_log import MetricsLog
+from samhess.experiments.optimizer_kinds import optimizer_kind
+from samhess.experiments.ownership import OwnedFiles
 from samhess.experiments.progress import progress_bar, progress_enabled
 from samhess.experiments.rundir import (
     abandon_run_dir, claim_run_dir, holds_a_record, inspect_run_dir,
 )
-from samhess.experiments.runfiles import CHECKPOINT_FILE, METRICS_FILE, TIMING_FILE, MetricsLog
+from samhess.experiments.runfiles import CHECKPOINT_FILE, METRICS_FILE, TIMING_FILE
 from samhess.experiments.task import BatchOrder, Task, build_task
 from samhess.experiments.tracking import measure_record
 from samhess.experiments.training_step import StepContext, refresh_ire_mask, training_step
@@ -73,7 +86,7 @@ def _tensorboard_writer(out: Path, config: Any, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ValueError("--tensorboard needs the tensorboard package: "
+        raise UsageError("--tensorboard needs the tensorboard package: "
                          "pip install 'samhess[tensorboard]'") from None
     return SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge_step)
 
@@ -113,25 +126,26 @@ def run_experiment(config: Any, out: str | Path, *, resume: bool = False,
         A :class:`RunResult`.
 
     Raises:
-        ValueError: bad settings, missing data, a directory holding another run, a corrupt
-            checkpoint, or a diverged run; the message is one line.
+        SamhessError: bad settings, missing data, a directory another process writes or that
+            holds another run or files that are not samhess's, a corrupt checkpoint, or a
+            diverged run (:class:`~samhess.errors.DivergenceError`); the message is one line.
     """
     out = Path(out)
-    decision = on_main_process(inspect_run_dir, out, config, resume=resume, force=force)
-    task = build_task(config)  # bad data or model settings fail before the directory is claimed
-    if resume and decision == "fresh" and is_main_process():
-        print(f"samhess: no run found in {out}; starting a fresh one", file=sys.stderr)
-    created = decision == "fresh" and not on_main_process(out.exists)
-    on_main_process(claim_run_dir, out, config, decision)
-    try:
-        return _train(task, out, decision, quiet=quiet, progress_desc=progress_desc,
-                      write_report=write_report)
-    except BaseException:
-        # A new run that fails before its first record leaves nothing to resume: take back
-        # what it created, so that the corrected command finds the directory as it was.
-        if decision != "continue" and not holds_a_record(out):
-            abandon_run_dir(out, created)
-        raise
+    with run_directory_lock(out, "samhess run"):
+        decision = on_main_process(inspect_run_dir, out, config, resume=resume, force=force)
+        task = build_task(config)  # bad data or model settings fail before the claim
+        if resume and decision == "fresh" and is_main_process():
+            print(f"samhess: no run found in {out}; starting a fresh one", file=sys.stderr)
+        on_main_process(claim_run_dir, out, config, decision)
+        try:
+            return _train(task, out, decision, quiet=quiet, progress_desc=progress_desc,
+                          write_report=write_report)
+        except BaseException:
+            # A new run that fails before its first record leaves nothing to resume: take back
+            # what it wrote, so that the corrected command finds the directory as it was.
+            if decision != "continue" and not holds_a_record(out):
+                abandon_run_dir(out)
+            raise
 
 
 def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: str | None,
@@ -143,13 +157,14 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
     config = task.config
     continuing = decision == "continue"
     log = MetricsLog(out / METRICS_FILE)
+    owned = OwnedFiles(out)
     state = RunState()
     resumed_from = None
     checkpoint_path = out / CHECKPOINT_FILE
     stored = on_main_process(read_checkpoint, checkpoint_path) if continuing else None
     if stored is not None:
         state = restore_checkpoint(task, stored, checkpoint_path)
-        log.truncate(state.records)
+        on_main_process(log.truncate, state.records, record_steps(config)[:state.records])
         resumed_from = state.step
     else:
         log.reset()
@@ -171,17 +186,31 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
             # unchanged, and IRE's first record has a mask to measure.
             refresh_ire_mask(context, order.batch(state.step))
         batch_loss = state.loss_sum / state.loss_count if state.loss_count else None
-        entry = measure_record(task.model, task.optimizer, task.tracking, step=state.step,
-                               epoch=state.step / task.batches_per_epoch, batch_loss=batch_loss)
+        try:
+            entry = measure_record(task.model, task.optimizer, task.tracking, step=state.step,
+                                   epoch=state.step / task.batches_per_epoch,
+                                   batch_loss=batch_loss)
+        except ValueError as error:
+            if not _weights_finite(task.model):
+                raise divergence(state.step, "the weights are not finite") from None
+            if "not finite" in str(error):  # the curvature's loss over its batch
+                raise divergence(state.step, str(error).split(";")[0]) from None
+            raise
+        unmeasured = [key for key in _MUST_BE_FINITE if not _finite(entry.get(key))]
+        if unmeasured:
+            raise divergence(state.step, f"{', '.join(unmeasured)} not finite at the record")
         log.append(entry)
         _log_tensorboard(writer, entry)
         state.records += 1
         state.loss_sum, state.loss_count = 0.0, 0
         state.tracking_seconds += time.perf_counter() - started
 
+    def divergence(step: int, what: str) -> DivergenceError:
+        return _divergence(config, step, what)
+
     def checkpoint() -> None:
-        runfiles.save_checkpoint(checkpoint_path, make_checkpoint(task, state))
-        _write_timing(out, state)
+        owned.write_files({CHECKPOINT_FILE: runfiles.checkpoint_bytes(make_checkpoint(task, state)),
+                           TIMING_FILE: _timing_bytes(state)})
 
     if state.step == 0 and state.records == 0:
         record()
@@ -193,11 +222,13 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
         task.model.train()
         while state.step < config.steps:
             started = time.perf_counter()
-            loss = training_step(context, order.batch(state.step))
+            try:
+                loss = training_step(context, order.batch(state.step))
+            except DivergenceError as error:  # the optimizer's raise_on_nonfinite
+                raise divergence(state.step, _reason(error)) from None
             state.train_seconds += time.perf_counter() - started
             if not np.isfinite(loss):
-                raise ValueError(f"training diverged at step {state.step} of the "
-                                 f"{config.optimizer} run (loss {loss}); lower --lr or --rho")
+                raise divergence(state.step, f"loss {loss}")
             state.step += 1
             state.loss_sum += loss
             state.loss_count += 1
@@ -212,6 +243,7 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
         bar.close()
         if writer is not None:
             writer.close()
+            owned.record_external(_event_files(out))
 
     analysis_path = out / "analysis" / "analysis.json"
     if resumed_from != config.steps or not analysis_path.exists():
@@ -237,13 +269,43 @@ def _data_parallel(model: nn.Module) -> nn.Module:
         model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _write_timing(out: Path, state: RunState) -> None:
-    runfiles.write_json_atomic(out / TIMING_FILE, {
+def _timing_bytes(state: RunState) -> bytes:
+    return (runfiles.dumps_json({
         "steps": state.step,
         "train_seconds": state.train_seconds,
         "seconds_per_step": state.train_seconds / state.step if state.step else None,
         "tracking_seconds": state.tracking_seconds,
-    })
+    }) + "\n").encode("utf-8")
+
+
+def _event_files(out: Path) -> list[str]:
+    folder = out / "tensorboard"
+    return sorted(str(path.relative_to(out)) for path in folder.glob("events.out.tfevents.*"))
+
+
+#: Record keys that a run which has not diverged measures as finite numbers.
+_MUST_BE_FINITE = ("train_loss", "test_loss", "grad_norm", "lambda_max", "hessian_trace")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and bool(np.isfinite(value))
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _reason(error: DivergenceError) -> str:
+    """The optimizer's message without its advice for library callers."""
+    return str(error).split(" (raise_on_nonfinite")[0]
+
+
+def _divergence(config: Any, step: int, what: str) -> DivergenceError:
+    """The one line for a run that diverged at ``step``: what, where, and what to change."""
+    remedy = "lower --lr" + (" or --rho" if "rho" in optimizer_kind(config.optimizer).reads
+                             else "")
+    return DivergenceError(f"training diverged at step {step} of the {config.optimizer} run "
+                           f"({what}); {remedy}")
 
 
 __all__ = ["RunResult", "run_experiment"]
