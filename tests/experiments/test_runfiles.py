@@ -59,7 +59,7 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
     with pytest.raises(ValueError, match="is corrupt") as info:
         load_checkpoint(path)
     assert str(info.value) == (f"checkpoint {path} is corrupt (BadZipFile: File is not a zip "
-                               "file); start the run again with --force")
+                               "file); remove it and start the run again with --force")
     path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="is corrupt"):
         load_checkpoint(path)

@@ -160,10 +160,13 @@ class OwnedFiles:
         if path.exists() and not _matches(path, entry):
             raise _not_ours(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(path, "ab") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise runfiles.naming(exc, path) from None
         manifest["files"][name] = {"lines": _line_digests(path.read_bytes())}
         self._write(manifest)
 
@@ -175,10 +178,13 @@ class OwnedFiles:
         manifest = self._read()
         if not _matches(path, manifest["files"].get(name)):
             raise _not_ours(path)
-        with open(path, "r+b") as handle:
-            handle.truncate(size)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(path, "r+b") as handle:
+                handle.truncate(size)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise runfiles.naming(exc, path) from None
         manifest["files"][name] = {"lines": _line_digests(path.read_bytes())}
         self._write(manifest)
 

@@ -992,7 +992,8 @@ def _build_report(directory: Path) -> Report:
     incomplete = incomplete_members(groups, missing)
     summary = {name: summary_entry(runs) for name, runs in groups.items()}
     for progress in missing:
-        summary[progress.optimizer]["complete"] = False
+        if progress.optimizer in summary:
+            summary[progress.optimizer]["complete"] = False
     claims = (withhold_unequal_progress(_claims_with_members(summary, groups), groups, missing)
               if is_compare else [])
     convergence = []
@@ -1035,11 +1036,13 @@ def _build_report(directory: Path) -> Report:
 
 
 def format_run_summary(out: Path, summary: dict[str, Any], report_path: Path,
-                       resumed_from: int | None) -> str:
+                       resumed_from: int | None, analysis_errors: Sequence[str] = ()) -> str:
     """The lines ``samhess run`` prints at the end."""
     lines = []
     if resumed_from is not None:
         lines.append(f"Resumed from step {resumed_from}.")
     lines.append(_text_table(format_table(summary)))
+    if analysis_errors:
+        lines += ["", *[f"Final analysis: {line}." for line in analysis_errors]]
     lines += ["", f"Run files: {out}", f"Report: {report_path}"]
     return "\n".join(lines)

@@ -22,7 +22,9 @@ from samhess.errors import RunDirectoryError, RunFileError, UsageError
 from samhess.experiments import runfiles
 from samhess.experiments.config import PRESENTATION_KEYS, RUN_SETTINGS, CompareConfig, RunConfig
 from samhess.experiments.ownership import OwnedFiles
-from samhess.experiments.runfiles import COMPARE_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES
+from samhess.experiments.runfiles import (
+    CHECKPOINT_FILE, COMPARE_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES,
+)
 
 __all__ = ["default_run_dir", "inspect_run_dir", "claim_run_dir", "abandon_run_dir",
            "holds_a_record", "read_run_config", "read_compare_config", "refuse_foreign_files", "RUN_KIND",
@@ -84,7 +86,10 @@ def inspect_run_dir(out: Path, config: Any, *, resume: bool, force: bool) -> str
     if not owned.owns(CONFIG_FILE):
         raise RunDirectoryError(f"{out} holds an incomplete run (its config.json is missing or "
                                 "was changed), not a run to resume; use --force to replace it")
-    refuse_foreign_files(out, RUN_FILES)
+    # The checkpoint and the log have checks of their own on resume (CRCs, the expected
+    # steps), whose messages say what is wrong with them.
+    refuse_foreign_files(out, tuple(name for name in RUN_FILES
+                                    if name not in (CHECKPOINT_FILE, METRICS_FILE)))
     _require_same_run(out, runfiles.read_json(out / CONFIG_FILE), config.identity())
     return "continue"
 

@@ -107,11 +107,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError) and exc.filename is None:
-            # A full disk fails in write() or fsync(), which name no file: name it.
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        if isinstance(exc, OSError):
+            raise naming(exc, path) from None
         raise
     _fsync_directory(path.parent)
+
+
+def naming(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` naming ``path`` if it names no file: a full disk fails in ``write()`` or
+    ``fsync()``, whose errors do not say which file was being written."""
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -188,7 +195,8 @@ def verify_archive(path: Path) -> None:
         raise corrupt_checkpoint(path, exc) from None
     if bad is not None:
         raise RunFileError(f"checkpoint {path} is corrupt (the CRC-32 of its member {bad} does "
-                           "not match its content); start the run again with --force")
+                           "not match its content); remove it and start the run again with "
+                           "--force")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -231,4 +239,4 @@ def first_sentence(exc: BaseException, limit: int = 160) -> str:
 def corrupt_checkpoint(path: str | Path, exc: BaseException) -> RunFileError:
     """The one-line error for a checkpoint that cannot be read or restored."""
     return RunFileError(f"checkpoint {path} is corrupt ({type(exc).__name__}: "
-                        f"{first_sentence(exc)}); start the run again with --force")
+                        f"{first_sentence(exc)}); remove it and start the run again with --force")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +72,15 @@ class RunResult:
     summary: dict[str, Any]
     report_path: Path
     resumed_from: int | None
+    #: Parts of the final analysis that failed, one line each.
+    analysis_errors: list[str] = field(default_factory=list)
 
     def screen_summary(self) -> str:
         """A few lines for the terminal."""
         from samhess.experiments.report import format_run_summary
 
-        return format_run_summary(self.out, self.summary, self.report_path, self.resumed_from)
+        return format_run_summary(self.out, self.summary, self.report_path, self.resumed_from,
+                                  self.analysis_errors)
 
 
 def _tensorboard_writer(out: Path, config: Any, purge_step: int | None):
@@ -251,7 +254,7 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
     if write_report:
         report = on_main_process(build_report, out)
         return RunResult(out=out, summary=report.summary, report_path=report.html_path,
-                         resumed_from=resumed_from)
+                         resumed_from=resumed_from, analysis_errors=report.analysis_errors)
     return RunResult(out=out, summary={}, report_path=out / "report.html",
                      resumed_from=resumed_from)
 
