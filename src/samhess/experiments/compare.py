@@ -29,7 +29,7 @@ from samhess.experiments.ownership import OwnedFiles
 from samhess.experiments.progress import progress_enabled
 from samhess.experiments.report import Report, build_report, run_dir_of
 from samhess.experiments.rundir import (
-    COMPARISON_KIND, RUN_KIND, inspect_run_dir, read_compare_config, refuse_foreign_files,
+    COMPARISON_KIND, RUN_KIND, decide, inspect_run_dir, read_compare_config,
 )
 from samhess.experiments.runfiles import COMPARE_FILE, COMPARE_FILES
 from samhess.experiments.task import build_task
@@ -51,30 +51,13 @@ class CompareResult:
 
 def _inspect_compare_dir(out: Path, config: CompareConfig, *, resume: bool,
                          force: bool) -> str:
-    """``"fresh"``, ``"continue"`` or ``"replace"``, decided without touching ``out``."""
-    if out.exists() and not out.is_dir():
-        raise RunDirectoryError(f"--out {str(out)!r} is a file, not a directory")
-    if resume and force:
-        raise RunDirectoryError("--resume and --force contradict each other: pick one")
-    owned = OwnedFiles(out)
-    if not owned.exists():
-        refuse_foreign_files(out, COMPARE_FILES)
-        return "fresh"
-    if owned.kind == RUN_KIND and not force:
-        raise RunDirectoryError(f"{out} holds a single run, not a comparison; use --force to "
-                                "replace it or another --out")
-    if force:
-        refuse_foreign_files(out, COMPARE_FILES)
-        return "replace"
-    if not resume:
-        raise RunDirectoryError(f"{out} already holds a comparison; pass --resume to continue "
-                                "it or --force to replace it")
-    if not owned.owns(COMPARE_FILE):
-        raise RunDirectoryError(f"{out} holds an incomplete comparison (its compare.json is "
-                                "missing or was changed); use --force to replace it")
-    refuse_foreign_files(out, COMPARE_FILES)
-    _require_same_comparison(out, read_compare_config(out).identity(), config.identity())
-    return "continue"
+    """``"fresh"``, ``"continue"`` or ``"replace"``, decided without touching ``out``
+    (:func:`samhess.experiments.rundir.decide`; ``--force`` may replace a single run)."""
+    decision = decide(out, COMPARISON_KIND, COMPARE_FILES, resume=resume, force=force,
+                      replaceable=(RUN_KIND,))
+    if decision == "continue":
+        _require_same_comparison(out, read_compare_config(out).identity(), config.identity())
+    return decision
 
 
 def _claim_compare_dir(out: Path, config: CompareConfig, decision: str) -> None:

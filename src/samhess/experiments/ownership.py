@@ -149,38 +149,28 @@ class OwnedFiles:
         self.write_bytes(name, text.encode("utf-8"))
 
     def append_line(self, name: str, line: bytes) -> None:
-        """Append one ``\\n``-terminated line to the log ``name`` and force it to disk."""
-        if not is_main_process():
-            return
+        """Append one ``\n``-terminated line to the log ``name`` and force it to disk."""
         if not line.endswith(b"\n") or b"\n" in line[:-1]:
             raise ValueError("append_line takes exactly one line ending in a newline")
-        path = self.directory / name
-        manifest = self._read()
-        entry = manifest["files"].get(name)
-        if path.exists() and not _matches(path, entry):
-            raise _not_ours(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(path, "ab") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            raise runfiles.naming(exc, path) from None
-        manifest["files"][name] = {"lines": _line_digests(path.read_bytes())}
-        self._write(manifest)
+        self._change_log(name, "ab", lambda handle: handle.write(line))
 
     def truncate_log(self, name: str, size: int) -> None:
         """Cut the log ``name`` to its first ``size`` bytes (a line boundary)."""
+        self._change_log(name, "r+b", lambda handle: handle.truncate(size))
+
+    def _change_log(self, name: str, mode: str, change) -> None:
+        """Apply ``change`` to the open log (samhess's, or absent for an append), force it to
+        disk, then record its lines."""
         if not is_main_process():
             return
         path = self.directory / name
         manifest = self._read()
-        if not _matches(path, manifest["files"].get(name)):
+        if (path.exists() or mode != "ab") and not _matches(path, manifest["files"].get(name)):
             raise _not_ours(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(path, "r+b") as handle:
-                handle.truncate(size)
+            with open(path, mode) as handle:
+                change(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as exc:

@@ -943,7 +943,8 @@ def _groups_of(directory: Path) -> tuple[str, dict[str, Any], dict[str, list[Run
             runs = []
             for seed in range(spec.seeds):
                 run_dir = run_dir_of(directory, name, seed)
-                if (run_dir / CONFIG_FILE).exists() and MetricsLog(run_dir / METRICS_FILE).records():
+                log = MetricsLog(run_dir / METRICS_FILE)
+                if (run_dir / CONFIG_FILE).exists() and log.records():
                     runs.append(read_run(run_dir))
                 else:
                     missing.append(Progress(name, seed, None, spec.task.steps, False))

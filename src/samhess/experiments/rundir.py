@@ -27,11 +27,15 @@ from samhess.experiments.runfiles import (
 )
 
 __all__ = ["default_run_dir", "inspect_run_dir", "claim_run_dir", "abandon_run_dir",
-           "holds_a_record", "read_run_config", "read_compare_config", "refuse_foreign_files", "RUN_KIND",
+           "holds_a_record", "read_run_config", "read_compare_config", "first_look", "decide",
+           "refuse_foreign_files", "RUN_KIND",
            "COMPARISON_KIND"]
 
 #: What a manifest says its directory holds.
 RUN_KIND, COMPARISON_KIND = "run", "comparison"
+_NOUNS = {RUN_KIND: "run", COMPARISON_KIND: "comparison"}
+#: The file that describes each kind: present and samhess's, or the directory is incomplete.
+_DESCRIPTIONS = {RUN_KIND: CONFIG_FILE, COMPARISON_KIND: COMPARE_FILE}
 
 
 def default_run_dir(config: Any) -> Path:
@@ -54,44 +58,80 @@ def refuse_foreign_files(out: Path, names: tuple[str, ...]) -> None:
                                 "were changed since); move them away or choose another --out")
 
 
-def inspect_run_dir(out: Path, config: Any, *, resume: bool, force: bool) -> str:
-    """What to do with ``out``, decided without touching it.
-
-    Returns:
-        ``"fresh"`` (no run there), ``"continue"`` (``resume`` of this very run) or
-        ``"replace"`` (``force`` over a run of samhess's).
+def first_look(out: Path, names: tuple[str, ...], *, resume: bool, force: bool) -> bool:
+    """The checks every output directory passes; whether ``out`` is new to samhess (no file
+    list), in which case none of ``names`` may be there.
 
     Raises:
-        RunDirectoryError: ``out`` holds files samhess did not write under a run file's name,
-            a comparison, or a run while neither ``resume`` nor ``force`` says what to do.
-        RunFileError: ``resume`` meets a different or unreadable configuration.
+        RunDirectoryError: ``out`` is a file, ``resume`` and ``force`` are both asked, or ``out``
+            is new to samhess and holds one of ``names``.
     """
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {str(out)!r} is a file, not a directory")
     if resume and force:
         raise RunDirectoryError("--resume and --force contradict each other: pick one")
-    owned = OwnedFiles(out)
-    if not owned.exists():
-        refuse_foreign_files(out, RUN_FILES)
+    if OwnedFiles(out).exists():
+        return False
+    refuse_foreign_files(out, names)
+    return True
+
+
+def decide(out: Path, kind: str, names: tuple[str, ...], *, resume: bool, force: bool,
+           replaceable: tuple[str, ...] = ()) -> str:
+    """What to do with ``out`` for a run or a comparison (``kind``), without touching it.
+
+    Args:
+        out: the directory.
+        kind: :data:`RUN_KIND` or :data:`COMPARISON_KIND`.
+        names: the files it writes under fixed names, which must not be the user's.
+        resume, force: as the command line says.
+        replaceable: the other kinds ``force`` may replace.
+
+    Returns:
+        ``"fresh"`` (nothing of samhess's there), ``"continue"`` (``resume``; the caller checks
+        that it is the same run) or ``"replace"`` (``force``, over samhess's files only).
+
+    Raises:
+        RunDirectoryError: ``out`` holds files samhess did not write under one of ``names``,
+            the other kind, or samhess's files while neither ``resume`` nor ``force`` says
+            what to do.
+    """
+    if first_look(out, names, resume=resume, force=force):
         return "fresh"
-    if owned.kind == COMPARISON_KIND:
-        raise RunDirectoryError(f"{out} holds a comparison, not a run; use samhess compare "
-                                "with it, or another --out")
+    owned = OwnedFiles(out)
+    noun, held = _NOUNS[kind], owned.kind or kind
+    if held != kind and not (force and held in replaceable):
+        advice = ("use --force to replace it or another --out" if held in replaceable
+                  else "choose another --out")
+        raise RunDirectoryError(f"{out} holds a {_NOUNS[held]}, not a {noun}; {advice}")
     if force:
-        refuse_foreign_files(out, RUN_FILES)  # the user's files would stay and be overwritten
+        refuse_foreign_files(out, names)  # the user's files would stay and be overwritten
         return "replace"
     if not resume:
-        raise RunDirectoryError(f"{out} already holds a run; pass --resume to continue it or "
+        raise RunDirectoryError(f"{out} already holds a {noun}; pass --resume to continue it or "
                                 "--force to replace it")
-    if not owned.owns(CONFIG_FILE):
-        raise RunDirectoryError(f"{out} holds an incomplete run (its config.json is missing or "
-                                "was changed), not a run to resume; use --force to replace it")
+    description = _DESCRIPTIONS[kind]
+    if not owned.owns(description):
+        raise RunDirectoryError(f"{out} holds an incomplete {noun} (its {description} is "
+                                "missing or was changed); use --force to replace it")
     # The checkpoint and the log have checks of their own on resume (CRCs, the expected
     # steps), whose messages say what is wrong with them.
-    refuse_foreign_files(out, tuple(name for name in RUN_FILES
+    refuse_foreign_files(out, tuple(name for name in names
                                     if name not in (CHECKPOINT_FILE, METRICS_FILE)))
-    _require_same_run(out, runfiles.read_json(out / CONFIG_FILE), config.identity())
     return "continue"
+
+
+def inspect_run_dir(out: Path, config: Any, *, resume: bool, force: bool) -> str:
+    """:func:`decide` for a run; a ``"continue"`` must meet this very run.
+
+    Raises:
+        RunDirectoryError: see :func:`decide`; or ``resume`` meets a different run.
+        RunFileError: ``resume`` meets an unreadable configuration.
+    """
+    decision = decide(out, RUN_KIND, RUN_FILES, resume=resume, force=force)
+    if decision == "continue":
+        _require_same_run(out, runfiles.read_json(out / CONFIG_FILE), config.identity())
+    return decision
 
 
 def claim_run_dir(out: Path, config: Any, decision: str) -> None:

@@ -572,7 +572,8 @@ class IRE(Optimizer):
         values = {
             "kappa": check_nonnegative("kappa", hyperparameters["kappa"]),
             "gamma": check_open_unit_interval("gamma", hyperparameters["gamma"]),
-            "refresh_every": check_int_at_least("refresh_every", hyperparameters["refresh_every"], 1),
+            "refresh_every": check_int_at_least("refresh_every",
+                                                hyperparameters["refresh_every"], 1),
             "start_step": check_int_at_least("start_step", hyperparameters["start_step"], 0),
             "ema": check_half_open_unit_interval("ema", hyperparameters["ema"]),
             "ema_from_zero": check_bool("ema_from_zero",
