@@ -193,11 +193,11 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
             entry = measure_record(task.model, task.optimizer, task.tracking, step=state.step,
                                    epoch=state.step / task.batches_per_epoch,
                                    batch_loss=batch_loss)
-        except ValueError as error:
-            if not _weights_finite(task.model):
-                raise divergence(state.step, "the weights are not finite") from None
-            if "not finite" in str(error):  # the curvature's loss over its batch
-                raise divergence(state.step, str(error).split(";")[0]) from None
+        except ValueError:
+            # The curvature refuses a non-finite loss; if that is why, the run diverged.
+            reason = _nonfinite(task)
+            if reason is not None:
+                raise divergence(state.step, reason) from None
             raise
         unmeasured = [key for key in _MUST_BE_FINITE if not _finite(entry.get(key))]
         if unmeasured:
@@ -294,8 +294,19 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and bool(np.isfinite(value))
 
 
-def _weights_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+@torch.no_grad()
+def _nonfinite(task: Task) -> str | None:
+    """What is not finite about the model now (weights, or its loss on the tracking batch)."""
+    if not all(bool(torch.isfinite(p).all()) for p in task.model.parameters()):
+        return "the weights are not finite"
+    inputs, targets = task.tracking.batch
+    was_training = task.model.training
+    task.model.eval()
+    try:
+        loss = float(task.loss_fn(task.model(inputs), targets))
+    finally:
+        task.model.train(was_training)
+    return None if np.isfinite(loss) else f"the loss on the tracking batch is {loss}"
 
 
 def _reason(error: DivergenceError) -> str:
