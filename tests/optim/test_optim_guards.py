@@ -224,3 +224,21 @@ def test_sam_load_state_dict_changes_nothing_when_the_base_part_fails():
     assert _state_equal(before, sam.state_dict())
     assert sam.param_groups[0]["lr"] == 0.1
     assert sam.base_optimizer.param_groups is sam.param_groups
+
+
+@pytest.mark.parametrize("variant", ["GSAM", "LookSAM", "FriendlySAM"])
+def test_variants_take_the_option_and_raise_before_the_base_step(variant):
+    """The check sits in SAM's step, which every variant runs: the gradient of the step (at
+    w + e, or at w on a single-pass step) is checked once the weights are back at w."""
+    import samhess.optim
+
+    model = _model()
+    optimizer = getattr(samhess.optim, variant)(model.parameters(), torch.optim.SGD, lr=0.1,
+                                                raise_on_nonfinite=True)
+    weights = _snapshot(model)
+    _backward(model)
+    two_pass = optimizer.first_step(zero_grad=True)
+    _backward(model, poison=True)
+    with pytest.raises(DivergenceError, match="at w" + (r" \+ e" if two_pass else "")):
+        optimizer.second_step()
+    assert _same(weights, _snapshot(model))
