@@ -2,8 +2,11 @@
 
 The command line only parses, calls :mod:`samhess.experiments` and prints. A mistake a user can
 make (an unknown name, a bad value, missing data files, a corrupt checkpoint, an output
-directory holding another run) is one line on stderr and exit status 2, never a traceback; set
-``SAMHESS_DEBUG=1`` to see the traceback anyway. See ``docs/cli.md``.
+directory holding another run or written by another process, a run that diverged) raises a
+:class:`~samhess.errors.SamhessError`, which becomes one line on stderr and exit status 2, as
+does an ``OSError`` on a file or directory (a full disk, a missing permission). Any other
+exception is a bug and keeps its traceback; set ``SAMHESS_DEBUG=1`` to see the traceback behind
+a one-line error too. See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -15,12 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from samhess.errors import SamhessError, UsageError
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class UsageError(Exception):
-    """A mistake on the command line, reported as one line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,11 +91,18 @@ def _add_task_flags(parser: argparse.ArgumentParser, *, command: str) -> None:
 
 def _add_threads_flag(group) -> None:
     group.add_argument("--threads", type=int, default=1, metavar="N",
-                       help="torch intra-op threads (default 1: the default models are small)")
+                       help="torch intra-op threads, at most the CPUs here (default 1: the "
+                       "default models are small)")
+
+
+def _add_strict_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--strict", action="store_true",
+                        help=f"exit with status 2 when the {what} is unfinished (the output is "
+                        "written and labelled either way)")
 
 
 _NOT_SETTINGS = {"command", "handler", "config", "out", "resume", "force", "quiet", "optimizers",
-                 "seeds", "run_dir", "directory", "threads"}
+                 "seeds", "run_dir", "directory", "threads", "strict"}
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN_DIR/analysis/analysis.json and PNGs.")
     analyze.add_argument("run_dir", metavar="RUN_DIR")
     analyze.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_strict_flag(analyze, "run")
     _add_threads_flag(analyze)
     analyze.set_defaults(handler=_cmd_analyze)
 
@@ -160,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuild summary.json, report.md and report.html (and the PNGs) in DIR from "
         "the run files; the same files give byte-identical output.")
     report.add_argument("directory", metavar="DIR")
+    _add_strict_flag(report, "run or comparison")
     report.set_defaults(handler=_cmd_report)
     return parser
 
@@ -169,6 +179,14 @@ def _file_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str | None
     from samhess.experiments.config import read_config_file, take_output_dir
 
     return take_output_dir(read_config_file(args.config)) if args.config else ({}, None)
+
+
+def _output_dir(args: argparse.Namespace, file_out: str | None) -> str | None:
+    """``--out`` (over the config file's ``out``); an empty one is an error, not the default."""
+    if args.out is not None and not args.out.strip():
+        raise UsageError(f"samhess: error: --out {args.out!r} is invalid: it must name a "
+                         "directory")
+    return args.out or file_out
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -186,7 +204,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from samhess.distributed import distributed_session, is_main_process
 
-    out = Path(args.out or file_out) if (args.out or file_out) else default_run_dir(config)
+    given = _output_dir(args, file_out)
+    out = Path(given) if given else default_run_dir(config)
     with distributed_session(), torch_threads(args.threads):
         result = run_experiment(config, out, resume=args.resume, force=args.force,
                                 quiet=args.quiet)
@@ -203,12 +222,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if key in vars(args):
             flags[key] = getattr(args, key)
     file_settings, file_out = _file_settings(args)
+    given = _output_dir(args, file_out)
     config = build_compare_config(file_settings, flags)
     from samhess.experiments.compare import DEFAULT_COMPARE_DIR, run_compare
     from samhess.distributed import distributed_session, is_main_process
     from samhess.experiments.threads import torch_threads
 
-    out = Path(args.out or file_out or DEFAULT_COMPARE_DIR)
+    out = Path(given or DEFAULT_COMPARE_DIR)
     with distributed_session(), torch_threads(args.threads):
         result = run_compare(config, out, resume=args.resume, force=args.force,
                              quiet=args.quiet)
@@ -224,7 +244,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     with torch_threads(args.threads):
         result = analyze_run(Path(args.run_dir), quiet=args.quiet)
     print(result.screen_summary())
-    return 0
+    return _strict_status(args, result.complete, f"{args.run_dir} is an unfinished run")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -232,7 +252,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     result = build_report(Path(args.directory))
     print(result.screen_summary())
-    return 0
+    return _strict_status(args, result.complete,
+                          f"{args.directory} is unfinished (see the top of its report)")
+
+
+def _strict_status(args: argparse.Namespace, complete: bool, what: str) -> int:
+    """0, or with ``--strict`` and unfinished work one line and exit status 2."""
+    if complete or not args.strict:
+        return 0
+    print(f"samhess: error: {what}; --strict", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _check_threads(threads: int | None) -> None:
+    """``--threads`` between 1 and the CPUs this process may use (torch crashes far beyond)."""
+    if threads is None:
+        return
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    if not 1 <= threads <= available:
+        raise UsageError(f"samhess: error: --threads {threads!r} is invalid: must be between 1 "
+                         f"and {available}, the CPUs available here")
 
 
 def _speaks_for_the_job() -> bool:
@@ -248,17 +288,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
-        threads = getattr(args, "threads", None)
-        if threads is not None and threads < 1:
-            raise UsageError(f"samhess: error: --threads {threads!r} is invalid: must be >= 1")
+        _check_threads(getattr(args, "threads", None))
         return args.handler(args)
     except KeyboardInterrupt:
         if _speaks_for_the_job():
             print("samhess: interrupted (continue with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, ValueError, TypeError, OSError) as exc:
-        if os.environ.get("SAMHESS_DEBUG"):
-            raise
+    except (SamhessError, OSError) as exc:
+        if os.environ.get("SAMHESS_DEBUG") or (isinstance(exc, OSError) and not exc.filename):
+            raise  # an OSError on no file of the user's is a bug
         message = _one_line(exc)
         if not message.startswith("samhess"):
             message = f"samhess: error: {message}"

@@ -23,9 +23,13 @@ from torch import nn
 from samhess._validation import check_bool, check_int_at_least
 from samhess.curvature.batches import check_batch, count_examples, describe
 from samhess.curvature.operators import resolve_parameters
-from samhess.experiments import runfiles
+from samhess.errors import RunDirectoryError
+from samhess.experiments.lock import hold_directory, let_go
+from samhess.experiments.metrics_log import MetricsLog
+from samhess.experiments.ownership import OwnedFiles
 from samhess.experiments.provenance import PROVENANCE_KEY, environment
-from samhess.experiments.runfiles import CONFIG_FILE, METRICS_FILE, TIMING_FILE, MetricsLog
+from samhess.experiments.rundir import RUN_KIND, decide
+from samhess.experiments.runfiles import CONFIG_FILE, METRICS_FILE, RUN_FILES, TIMING_FILE
 from samhess.experiments.tracking import (
     RECORD_KEYS,
     TrackingSetup,
@@ -59,7 +63,9 @@ class Tracker:
     Each record is one line of ``OUT/metrics.jsonl`` (the keys of ``samhess run``; the values
     this loop cannot know, such as test accuracy, are ``null``), appended and forced to disk;
     ``config.json`` and ``timing.json`` are replaced atomically. ``samhess report OUT`` turns
-    them into the report.
+    them into the report. From construction to :meth:`close` the tracker holds ``out``'s lock
+    (one writer per run directory, :mod:`samhess.experiments.lock`), and it writes, replaces
+    and removes only samhess's own files (:mod:`samhess.experiments.ownership`).
 
     A record leaves the model's parameters, buffers (BatchNorm statistics), gradients and
     train/eval mode, the optimizer's state and every random number generator (torch, CUDA,
@@ -77,12 +83,14 @@ class Tracker:
         trace_matvecs: Hessian-vector products of each trace estimate.
         optimizer: the loop's optimizer (any torch optimizer, SAM, IRE), for the gains; the
             curvature is then over its parameters.
-        overwrite: replace the run files already in ``out`` (other files are left alone).
+        overwrite: replace the run files samhess wrote in ``out`` (other files are left alone,
+            and one of them under a run file's name is refused).
 
     Raises:
         TypeError: a model that is not a module, a loss that is not callable, or
             ``tracking_data`` that is not an ``(inputs, targets)`` batch.
-        ValueError: a bad ``every``, ``top_k`` or ``trace_matvecs``, or ``out`` holding a run.
+        ValueError: a bad ``every``, ``top_k`` or ``trace_matvecs``, or ``out`` holding a run
+            (:class:`~samhess.errors.RunDirectoryError`, also when another process writes it).
 
     Example:
         >>> with Tracker("runs/mine", model, loss_fn, (x[:256], y[:256]), every=50,
@@ -118,12 +126,19 @@ class Tracker:
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"out {str(self.out)!r} is a file, not a directory")
-        replace = runfiles.holds_run(self.out)
-        if replace and not overwrite:
-            raise ValueError(
-                f"{self.out} already holds a run; pass overwrite=True to replace its run files "
-                "or choose another directory"
-            )
+        owned = OwnedFiles(self.out)
+        self._lock = hold_directory(self.out, "samhess.Tracker")
+        try:
+            if owned.exists() and not overwrite:
+                raise RunDirectoryError(
+                    f"{self.out} already holds a run; pass overwrite=True to replace its run "
+                    "files or choose another directory"
+                )
+            decision = decide(self.out, RUN_KIND, RUN_FILES, resume=False, force=owned.exists())
+        except BaseException:
+            let_go(self._lock)
+            raise
+        self._owned = owned
         self.model = model
         self.optimizer = optimizer
         # measure_curvature reads the loss, the batch, top_k, trace_matvecs and the seed; the
@@ -139,10 +154,11 @@ class Tracker:
         self._tracking_seconds = 0.0
         self._started = time.perf_counter()
         self._closed = False
-        if replace:
-            runfiles.remove_outputs(self.out)
+        if decision == "replace":
+            owned.remove_owned()
         self.out.mkdir(parents=True, exist_ok=True)
-        runfiles.write_json_atomic(self.out / CONFIG_FILE, self._config)
+        owned.set_kind(RUN_KIND)
+        owned.write_json(CONFIG_FILE, self._config)
         self._log.reset()
 
     def _describe(self, params: list[torch.Tensor]) -> dict[str, Any]:
@@ -209,14 +225,14 @@ class Tracker:
             self._first_step = step
         self._last_step = step
         self._config["steps"] = step
-        runfiles.write_json_atomic(self.out / CONFIG_FILE, self._config)
+        self._owned.write_json(CONFIG_FILE, self._config)
         self._write_timing()
         return entry
 
     def _write_timing(self) -> None:
         elapsed = time.perf_counter() - self._started - self._tracking_seconds
         steps = 0 if self._first_step is None else self._last_step - self._first_step
-        runfiles.write_json_atomic(self.out / TIMING_FILE, {
+        self._owned.write_json(TIMING_FILE, {
             "steps": steps,
             "loop_seconds": elapsed,
             # Wall-clock time per step of the loop between the first and the last record,
@@ -226,10 +242,14 @@ class Tracker:
         })
 
     def close(self) -> None:
-        """Write the final timing; later :meth:`record` calls raise. Closing twice is harmless."""
+        """Write the final timing and release ``out``; later :meth:`record` calls raise. Closing
+        twice is harmless."""
         if not self._closed:
-            self._write_timing()
-            self._closed = True
+            try:
+                self._write_timing()
+            finally:
+                self._closed = True
+                let_go(self._lock)
 
     def __enter__(self) -> Tracker:
         return self

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from samhess.cli import main
+from samhess.errors import UsageError
 
 from .conftest import tiny_cli_args
 
@@ -142,7 +143,7 @@ def test_a_run_failing_before_its_first_record_takes_back_its_files(tmp_path, mo
     import samhess.experiments.train as train
 
     def fail(*args, **kwargs):
-        raise ValueError("the first record failed")
+        raise UsageError("the first record failed")
 
     monkeypatch.setattr(train, "measure_record", fail)
     args = ["run", "--optimizer", "sgd", "--quiet", *tiny_cli_args()]
@@ -161,7 +162,7 @@ def test_a_comparison_failing_at_its_first_record_leaves_no_directory(tmp_path, 
     import samhess.experiments.train as train
 
     def fail(*args, **kwargs):
-        raise ValueError("the first record failed")
+        raise UsageError("the first record failed")
 
     monkeypatch.setattr(train, "measure_record", fail)
     out = tmp_path / "cmp"
@@ -211,3 +212,88 @@ def test_out_from_the_config_file_and_the_flag_overriding_it(tmp_path, monkeypat
     assert main(["run", "--config", "bad.toml"]) == 2
     assert capsys.readouterr().err.strip().endswith(
         "config file: out = 3 has the wrong type: expected a directory name")
+
+
+def _damaged_copy(source: Path, destination: Path, damage) -> Path:
+    import shutil
+
+    shutil.copytree(source, destination)
+    damage(destination)
+    return destination
+
+
+def _empty_record(run: Path) -> None:
+    with open(run / "metrics.jsonl", "ab") as handle:
+        handle.write(b"{}\n")
+
+
+def _config_without_steps(run: Path) -> None:
+    import json
+
+    config = json.loads((run / "config.json").read_text())
+    del config["steps"], config["dataset"]
+    (run / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(("command", "damage", "fragment"), [
+    ("report", _empty_record, "metrics.jsonl line 4 is not a samhess record (it has no integer "
+                              "step)"),
+    ("report", _config_without_steps, "config.json is not a complete run configuration: it "
+                                      "lacks dataset, steps"),
+    ("analyze", _config_without_steps, "config.json is not a complete run configuration"),
+])
+def test_damaged_run_files_are_one_line_in_a_process(tiny_run, tmp_path, command, damage,
+                                                     fragment):
+    copy = _damaged_copy(tiny_run, tmp_path / "copy", damage)
+    assert_one_line_error(run_cli([command, str(copy)], tmp_path), fragment)
+
+
+@pytest.mark.parametrize(("description", "fragment"), [
+    ('{"optimizers": [], "seeds": 1, "task": {}}', "optimizers = [] is invalid"),
+    ('{"optimizers": ["sgd"], "task": {}}', "is not a comparison description: it lacks seeds"),
+    ('{"optimizers": ["sgd"], "seeds": 0, "task": {}}', "seeds = 0 is invalid: must be >= 1"),
+    ('[]', "is not a comparison description"),
+])
+def test_a_malformed_compare_json_is_one_line(tmp_path, capsys, description, fragment):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "compare.json").write_text(description)
+    assert main(["report", str(out)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"samhess: error: {out / 'compare.json'}") and fragment in line, line
+
+
+@pytest.mark.parametrize(("args", "files", "fragment"), [
+    (["run", "--optimizer", "sgd", "--threads", "100000"], {},
+     "--threads 100000 is invalid: must be between 1 and"),
+    (["run", "--config", "dup.yaml"], {"dup.yaml": "optimizer: sgd\nsteps: 5\nsteps: 7\n"},
+     "found duplicate key 'steps'"),
+    (["run", "--optimizer", "sgd", "--out", ""], {}, "--out '' is invalid: it must name a "
+                                                     "directory"),
+    (["compare", "--out", " "], {}, "--out ' ' is invalid"),
+    (["run", "--config", "rhos.toml"], {"rhos.toml": "optimizer = 'sgd'\n"
+                                                     "taylor_rhos = [0.1, inf]\n"},
+     "config file: taylor_rhos = [0.1, inf] is invalid: every element must be finite"),
+    (["run", "--optimizer", "ire", "--gamma", "0.00001", *tiny_cli_args()], {},
+     "gamma 1e-05 selects no coordinate of the n = 6570 coordinates"),
+])
+def test_user_mistakes_found_by_the_audit_are_one_line_in_a_process(tmp_path, args, files,
+                                                                    fragment):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = run_cli(args, tmp_path)
+    assert_one_line_error(result, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)  # nothing written
+
+
+def test_a_bug_keeps_its_traceback(tiny_run, monkeypatch):
+    """Only samhess's own errors (and OSError on a path) become one line; anything else is a
+    bug and propagates."""
+    import samhess.experiments.report as report
+
+    def broken(directory):
+        raise ValueError("a bug, not a user mistake")
+
+    monkeypatch.setattr(report, "build_report", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["report", str(tiny_run)])

@@ -136,17 +136,18 @@ def test_a_comparison_eta_uses_the_finished_runs_of_each_optimizer(monkeypatch):
 
 
 def test_the_bar_counts_the_records_the_loop_will_take():
-    from samhess.experiments.config import build_run_config
-    from samhess.experiments.train import layer_record_due, record_steps
+    from samhess.experiments.config import build_run_config, record_steps
+    from samhess.experiments.train import layer_record_due, remaining_record_steps
 
     config = build_run_config({}, {"optimizer": "sgd", "steps": 10, "track_every": 3,
                                    "layer_track_every": 6})
     # records at 0, 3, 6, 9 and the last step 10; per-layer at multiples of 6 and the last
-    assert record_steps(config, 0, 0) == ([3, 9], [0, 6, 10])
+    assert record_steps(config) == [0, 3, 6, 9, 10]
+    assert remaining_record_steps(config, 0, 0) == ([3, 9], [0, 6, 10])
     assert [layer_record_due(config, s) for s in (0, 3, 6, 9, 10)] == [True, False, True,
                                                                         False, True]
     # resumed at step 6 after its record: what is left
-    assert record_steps(config, 6, 3) == ([9], [10])
+    assert remaining_record_steps(config, 6, 3) == ([9], [10])
     off = build_run_config({}, {"optimizer": "sgd", "steps": 10, "track_every": 5,
                                 "layer_track_every": 0})
-    assert record_steps(off, 0, 0) == ([0, 5, 10], [])
+    assert remaining_record_steps(off, 0, 0) == ([0, 5, 10], [])

@@ -21,10 +21,16 @@ mask) of the last checkpoint:
 A run writes ``RUN_DIR/analysis/analysis.json`` at its end (its report plots it);
 ``samhess analyze`` recomputes it from the checkpoint and adds a PNG per result beside it. The
 analysis is deterministic (fixed seeds), so both write the same analysis.json.
+
+Each part is computed on its own: a part that fails (a zero gradient on a task fitted
+exactly, a Lanczos run that does not converge) is recorded as ``{"error": "..."}`` under its
+key, the report says so, and the run completes with the other parts. ``complete`` says
+whether the analysed model is the run's last (``step`` equal to the configured ``steps``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Callable
@@ -34,8 +40,11 @@ from typing import Any
 
 import torch
 
+from samhess.errors import RunDirectoryError
 from samhess.experiments import runfiles
 from samhess.experiments.checkpoint import load_trained_task
+from samhess.experiments.lock import run_directory_lock
+from samhess.experiments.ownership import OwnedFiles
 from samhess.experiments.tracking import preserved_training_state
 
 ANALYSIS_DIR = "analysis"
@@ -59,7 +68,9 @@ def final_analysis(task: Any, *, step: int,
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The seed analysis of ``task``'s model and optimizer as they are now.
 
-    Leaves the model, the optimizer and every RNG as it found them.
+    Leaves the model, the optimizer and every RNG as it found them. A part that raises is
+    recorded as ``{"error": "<type>: <message>"}`` and the others still run (the parts that need
+    the top eigenvectors are recorded as failed with them).
 
     Args:
         task: the run's task, with the final model and optimizer.
@@ -67,7 +78,8 @@ def final_analysis(task: Any, *, step: int,
         phase: called with each name of :data:`ANALYSIS_PHASES` as that part starts (progress).
 
     Returns:
-        The analysis as JSON data, and the result objects (for the plot helpers).
+        The analysis as JSON data, and the result objects of the parts that succeeded (for the
+        plot helpers).
     """
     from samhess.analysis import directional_gains, sharp_flat_gains
     from samhess.analysis.landscape import loss_landscape
@@ -78,49 +90,105 @@ def final_analysis(task: Any, *, step: int,
     setup = task.tracking
     model, optimizer, loss_fn, batch = task.model, task.optimizer, task.loss_fn, setup.batch
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-    result: dict[str, Any] = {"step": step, "optimizer": config.optimizer,
+    result: dict[str, Any] = {"step": step, "steps": config.steps,
+                              "complete": step == config.steps, "optimizer": config.optimizer,
                               "batch_size": int(batch[0].shape[0])}
     objects: dict[str, Any] = {}
     with preserved_training_state(model):
         announce("eigenvectors")
         operator = HessianOperator(model, loss_fn, batch, params=params)
         dim = operator.dim
-        top = eigenpairs(operator, min(max(GAIN_DIRECTIONS, config.top_k), dim - 1),
-                         which="largest", seed=setup.seed)
-        announce("gains")
-        objects["gains"] = directional_gains(model, loss_fn, batch, optimizer, top,
-                                             params=params)
-        gains = _to_dict(objects["gains"])
-        result["gains"] = {key: gains[key] for key in (
-            "eigenvalues", "gains", "predictions", "prediction_formula",
-            "predictions_linear_in_eigenvalue", "components",
-            "reference_components", "grad_norm", "lr")}
-        objects["sharp_flat"] = sharp_flat_gains(model, loss_fn, batch, optimizer,
-                                                 k=config.top_k, sharp=top, params=params,
-                                                 seed=setup.seed)
-        result["sharp_flat"] = _to_dict(objects["sharp_flat"])
-        announce("Taylor check")
-        objects["taylor"] = _taylor_in_float64(task)
-        result["taylor"] = _to_dict(objects["taylor"])
-        result["ire_mask_quality"] = _mask_quality(task, top, params)
-        announce("spectral density")
-        objects["spectral_density"] = spectral_density(
-            operator, num_probes=config.density_probes,
-            lanczos_steps=min(config.density_lanczos_steps, dim), grid=DENSITY_GRID,
-            seed=setup.seed)
-        density = _to_dict(objects["spectral_density"])
-        result["spectral_density"] = {"grid": density["grid"], "density": density["density"],
-                                      "sigma": density["sigma"]}
+        top = _part(result, "top_eigenpairs", lambda: eigenpairs(
+            operator, min(max(GAIN_DIRECTIONS, config.top_k), dim - 1), which="largest",
+            seed=setup.seed), record=False)
+
+        def gains() -> dict[str, Any]:
+            announce("gains")
+            objects["gains"] = directional_gains(model, loss_fn, batch, optimizer, _needed(top),
+                                                 params=params)
+            found = _to_dict(objects["gains"])
+            return {key: found[key] for key in (
+                "eigenvalues", "gains", "predictions", "prediction_formula",
+                "predictions_linear_in_eigenvalue", "components",
+                "reference_components", "grad_norm", "lr")}
+
+        def sharp_flat() -> dict[str, Any]:
+            objects["sharp_flat"] = sharp_flat_gains(model, loss_fn, batch, optimizer,
+                                                     k=config.top_k, sharp=_needed(top),
+                                                     params=params, seed=setup.seed)
+            return _to_dict(objects["sharp_flat"])
+
+        def taylor() -> dict[str, Any]:
+            announce("Taylor check")
+            objects["taylor"] = _taylor_in_float64(task)
+            return _to_dict(objects["taylor"])
+
+        def density() -> dict[str, Any]:
+            announce("spectral density")
+            objects["spectral_density"] = spectral_density(
+                operator, num_probes=config.density_probes,
+                lanczos_steps=min(config.density_lanczos_steps, dim), grid=DENSITY_GRID,
+                seed=setup.seed)
+            found = _to_dict(objects["spectral_density"])
+            return {"grid": found["grid"], "density": found["density"], "sigma": found["sigma"]}
+
+        def landscape() -> dict[str, Any]:
+            found = _needed(top)
+            objects["landscape"] = loss_landscape(
+                model, loss_fn, batch, params=params, top_eigenvector=found.eigenvectors[:, 0],
+                top_eigenvalue=float(found.eigenvalues[0]), points=config.landscape_points,
+                radius=config.landscape_radius, seed=setup.seed)
+            return _to_dict(objects["landscape"])
+
+        _part(result, "gains", gains)
+        _part(result, "sharp_flat", sharp_flat)
+        _part(result, "taylor", taylor)
+        _part(result, "ire_mask_quality", lambda: _mask_quality(task, _needed(top), params))
+        _part(result, "spectral_density", density)
         result["hessian_matvecs"] = int(operator.num_matvecs)
         result["landscape"] = None
         if config.landscape_points:
             announce("landscape")
-            objects["landscape"] = loss_landscape(
-                model, loss_fn, batch, params=params, top_eigenvector=top.eigenvectors[:, 0],
-                top_eigenvalue=float(top.eigenvalues[0]), points=config.landscape_points,
-                radius=config.landscape_radius, seed=setup.seed)
-            result["landscape"] = _to_dict(objects["landscape"])
+            _part(result, "landscape", landscape)
     return result, objects
+
+
+class _Missing(Exception):
+    """A part's input (the top eigenpairs) failed; that part is recorded as failed with it."""
+
+
+def _needed(value: Any) -> Any:
+    if isinstance(value, _Failure):
+        raise _Missing(value.message)
+    return value
+
+
+class _Failure:
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _part(result: dict[str, Any], key: str, compute, *, record: bool = True) -> Any:
+    """``compute()`` stored under ``key``; an exception stored as that part's error instead.
+
+    Any exception: the analysis of a finished run must not throw the run away, and the error
+    is kept in analysis.json and shown in the report, not hidden.
+    """
+    try:
+        value = compute()
+    except _Missing as missing:
+        value = _Failure(f"the top eigenpairs failed ({missing})")
+    except Exception as exc:  # noqa: BLE001 - recorded, see the docstring
+        value = _Failure(f"{type(exc).__name__}: {runfiles.first_sentence(exc, 240)}")
+    if record:
+        result[key] = {"error": value.message} if isinstance(value, _Failure) else value
+    return value
+
+
+def failed_parts(analysis: dict[str, Any]) -> dict[str, str]:
+    """The parts of an analysis that failed, with their errors."""
+    return {key: value["error"] for key, value in analysis.items()
+            if isinstance(value, dict) and isinstance(value.get("error"), str)}
 
 
 def _taylor_in_float64(task: Any) -> Any:
@@ -159,12 +227,16 @@ def _mask_quality(task: Any, top: Any, params: list) -> dict[str, Any] | None:
     return _to_dict(ire_mask_quality(optimizer, top, params=params))
 
 
-def _plot_atomically(plot, result: Any, path: Path) -> Path:
-    """Draw with a plot helper into a temporary name, then rename: a kill leaves no half PNG."""
+def _png_of(plot, result: Any, path: Path) -> bytes:
+    """The PNG a path-taking plot helper draws, drawn into a temporary file beside ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp.png")
-    plot(result, temporary)
-    os.replace(temporary, path)
-    return path
+    try:
+        plot(result, temporary)
+        return temporary.read_bytes()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
 
 
 def write_analysis(run_dir: Path, analysis: dict[str, Any], objects: dict[str, Any], *,
@@ -177,21 +249,21 @@ def write_analysis(run_dir: Path, analysis: dict[str, Any], objects: dict[str, A
     from samhess.analysis import plot_gains, plot_landscape, plot_taylor
     from samhess.curvature import plot_spectral_density
 
-    directory = run_dir / ANALYSIS_DIR
-    runfiles.write_json_atomic(directory / ANALYSIS_JSON, analysis)
+    owned = OwnedFiles(run_dir)
+    owned.write_json(f"{ANALYSIS_DIR}/{ANALYSIS_JSON}", analysis)
     if not plots or not runfiles.is_main_process():
         return []
-    files = [
-        _plot_atomically(plot_gains, objects["gains"], directory / "gains.png"),
-        _plot_atomically(plot_gains, objects["sharp_flat"], directory / "sharp_flat.png"),
-        _plot_atomically(plot_taylor, objects["taylor"], directory / "taylor.png"),
-        _plot_atomically(plot_spectral_density, objects["spectral_density"],
-                         directory / "spectral_density.png"),
-    ]
-    if "landscape" in objects:
-        files.append(_plot_atomically(plot_landscape, objects["landscape"],
-                                      directory / "landscape.png"))
-    return files
+    figures = (("gains.png", plot_gains, "gains"), ("sharp_flat.png", plot_gains, "sharp_flat"),
+               ("taylor.png", plot_taylor, "taylor"),
+               ("spectral_density.png", plot_spectral_density, "spectral_density"),
+               ("landscape.png", plot_landscape, "landscape"))
+    written = []
+    for filename, plot, key in figures:
+        if key in objects:
+            owned.write_bytes(f"{ANALYSIS_DIR}/{filename}",
+                              _png_of(plot, objects[key], run_dir / ANALYSIS_DIR / filename))
+            written.append(run_dir / ANALYSIS_DIR / filename)
+    return written
 
 
 def analyze_final_model(run_dir: Path, task: Any, *, step: int,
@@ -214,11 +286,21 @@ class AnalysisResult:
     analysis: dict[str, Any]
     files: list[Path]
 
+    @property
+    def complete(self) -> bool:
+        """Whether the analysed model is the run's last."""
+        return bool(self.analysis.get("complete", True))
+
     def screen_summary(self) -> str:
         sharp_flat = self.analysis.get("sharp_flat") or {}
         taylor = self.analysis.get("taylor") or {}
-        lines = [f"Final model of {self.run_dir} (step {self.analysis['step']}, "
-                 f"{self.analysis['optimizer']}):"]
+        lines = []
+        if not self.analysis.get("complete", True):
+            lines.append(f"INCOMPLETE: {self.run_dir} stopped at step {self.analysis['step']} "
+                         f"of {self.analysis['steps']}; this is the model at that step "
+                         "(continue the run with samhess run --resume)")
+        lines.append(f"Final model of {self.run_dir} (step {self.analysis['step']}, "
+                     f"{self.analysis['optimizer']}):")
         ratio = sharp_flat.get("ratio")
         if ratio is not None:
             lines.append(f"  sharp/flat gain ratio {ratio:.3f} (sharp "
@@ -226,17 +308,26 @@ class AnalysisResult:
         if taylor.get("order") is not None:
             lines.append(f"  Taylor check: order {taylor['order']:.2f} over rho in "
                          f"[{min(taylor['rhos']):g}, {max(taylor['rhos']):g}]")
+        lines += [f"  {key} failed: {error}" for key, error in failed_parts(self.analysis).items()]
         lines.append(f"Analysis: {self.run_dir / ANALYSIS_DIR / ANALYSIS_JSON}")
         return "\n".join(lines)
 
 
 def analyze_run(run_dir: Path, *, quiet: bool = False) -> AnalysisResult:
-    """``samhess analyze RUN_DIR``: rebuild the final model from the checkpoint and analyse it."""
+    """``samhess analyze RUN_DIR``: rebuild the final model from the checkpoint and analyse it.
+
+    A run that stopped before its last step is analysed at the step its checkpoint holds, and
+    the result says so (``complete`` false, and a first line on screen).
+
+    Raises:
+        RunDirectoryError: ``run_dir`` holds no run of samhess's, or another process writes it.
+    """
     del quiet  # the analysis takes seconds; there is no bar to show
-    if not (run_dir / runfiles.CONFIG_FILE).exists():
-        raise ValueError(f"{run_dir} holds no run (config.json is missing)")
-    task, step = load_trained_task(run_dir)
-    analysis, objects = final_analysis(task, step=step)
-    files = write_analysis(run_dir, analysis, objects)
+    if not run_dir.is_dir() or not (run_dir / runfiles.CONFIG_FILE).exists():
+        raise RunDirectoryError(f"{run_dir} holds no run (config.json is missing)")
+    with run_directory_lock(run_dir, "samhess analyze"):
+        task, step = load_trained_task(run_dir)
+        analysis, objects = final_analysis(task, step=step)
+        files = write_analysis(run_dir, analysis, objects)
     return AnalysisResult(run_dir=run_dir, analysis=analysis,
                           files=[run_dir / ANALYSIS_DIR / ANALYSIS_JSON, *files])

@@ -19,8 +19,9 @@ import torch
 
 from samhess.distributed import get_world_size
 from samhess.experiments import runfiles
-from samhess.experiments.config import RunConfig
-from samhess.experiments.runfiles import CHECKPOINT_FILE, CONFIG_FILE
+from samhess.errors import RunFileError
+from samhess.experiments.rundir import read_run_config
+from samhess.experiments.runfiles import CHECKPOINT_FILE
 from samhess.experiments.task import Task, build_task
 
 __all__ = ["RunState", "make_checkpoint", "restore_checkpoint", "read_checkpoint",
@@ -85,18 +86,20 @@ def restore_checkpoint(task: Task, checkpoint: dict[str, Any], path: Path, *,
              continue_training: bool = True) -> RunState:
     try:
         if checkpoint["config"] != task.config.identity():
-            raise ValueError(f"checkpoint {path} belongs to a different configuration")
+            raise RunFileError(f"checkpoint {path} belongs to a different configuration")
         written_by = checkpoint.get("world_size", 1)
         # the shards, and so the steps, depend on the number of processes; a model does not
         if continue_training and written_by != get_world_size():
-            raise ValueError(
+            raise RunFileError(
                 f"checkpoint {path} was written by {written_by} process(es) and this run has "
                 f"{get_world_size()}; resume with the same number (torchrun --nproc-per-node)")
         task.model.load_state_dict(checkpoint["model"])
         task.optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_state(task, checkpoint["rng"])
         return RunState(**checkpoint["state"])
-    except (KeyError, RuntimeError, TypeError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        if isinstance(exc, RunFileError):
+            raise
         raise runfiles.corrupt_checkpoint(path, exc) from None
 
 
@@ -111,10 +114,7 @@ def load_trained_task(run_dir: Path) -> tuple[Task, int]:
     Returns:
         The task and the checkpoint's step.
     """
-    stored = runfiles.read_json(run_dir / CONFIG_FILE)
-    if not isinstance(stored, dict):
-        raise ValueError(f"{run_dir / CONFIG_FILE} is not a run configuration")
-    config = RunConfig.from_dict(stored)
+    config = read_run_config(run_dir)
     task = build_task(config)
     path = run_dir / CHECKPOINT_FILE
     state = restore_checkpoint(task, runfiles.load_checkpoint(path), path, continue_training=False)

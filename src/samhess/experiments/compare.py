@@ -7,6 +7,10 @@ and the report of :mod:`samhess.experiments.report` over all of them.
 With no arguments this is the project's main job: scikit-learn's digits (shipped with
 scikit-learn, no network), an MLP, SGD, SAM, IRE and SAM-IRE, three seeds of 1000 steps, about
 25 s of CPU time on one core. Its report says whether the seed note's claims hold on that task.
+
+The comparison holds its directory's lock for the whole comparison (each member run holds its
+own as it runs), and, like a run, writes, replaces and removes only samhess's own files
+(:mod:`samhess.experiments.ownership`).
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from samhess.distributed import is_main_process, on_main_process
+from samhess.errors import RunDirectoryError
 from samhess.experiments import runfiles
 from samhess.experiments.config import PRESENTATION_KEYS, CompareConfig
+from samhess.experiments.lock import run_directory_lock
+from samhess.experiments.ownership import OwnedFiles
 from samhess.experiments.progress import ComparisonProgress, progress_enabled
 from samhess.experiments.report import Report, build_report
 from samhess.experiments.report_runs import run_dir_of
-from samhess.experiments.runfiles import COMPARE_FILE, CONFIG_FILE, TIMING_FILE
+from samhess.experiments.rundir import (
+    COMPARISON_KIND, RUN_KIND, decide, inspect_run_dir, read_compare_config,
+)
+from samhess.experiments.runfiles import COMPARE_FILE, COMPARE_FILES, TIMING_FILE
 from samhess.experiments.task import build_task
 from samhess.experiments.train import run_experiment
 
@@ -42,60 +52,57 @@ class CompareResult:
         return self.report.screen_summary()
 
 
-def _prepare_compare_dir(out: Path, config: CompareConfig, *, resume: bool, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file, not a directory")
-    if resume and force:
-        raise ValueError("--resume and --force contradict each other: pick one")
-    if runfiles.holds_run(out):
-        if (out / CONFIG_FILE).exists() and not (out / COMPARE_FILE).exists():
-            if not force:
-                raise ValueError(f"{out} holds a single run, not a comparison; use --force to "
-                                 "replace it or another --out")
-        if force:
-            _remove_comparison(out)
-        elif resume:
-            stored = runfiles.read_json(out / COMPARE_FILE)
-            _require_same_comparison(out, stored, config.identity())
-        else:
-            raise ValueError(f"{out} already holds a comparison; pass --resume to continue it or "
-                             "--force to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    runfiles.write_json_atomic(out / COMPARE_FILE, config.to_dict())
+def _inspect_compare_dir(out: Path, config: CompareConfig, *, resume: bool,
+                         force: bool) -> str:
+    """``"fresh"``, ``"continue"`` or ``"replace"``, decided without touching ``out``
+    (:func:`samhess.experiments.rundir.decide`; ``--force`` may replace a single run)."""
+    decision = decide(out, COMPARISON_KIND, COMPARE_FILES, resume=resume, force=force,
+                      replaceable=(RUN_KIND,))
+    if decision == "continue":
+        _require_same_comparison(out, read_compare_config(out).identity(), config.identity())
+    return decision
+
+
+def _claim_compare_dir(out: Path, config: CompareConfig, decision: str) -> None:
+    if decision == "replace":
+        _remove_comparison(out)
+    owned = OwnedFiles(out)
+    owned.set_kind(COMPARISON_KIND)
+    owned.write_json(COMPARE_FILE, config.to_dict())
+
+
+def _member_dirs(out: Path) -> list[Path]:
+    """The member run directories in ``out`` (``<optimizer>/seed-<s>`` holding a manifest)."""
+    return sorted(path.parent for path in out.glob("*/seed-*/.samhess-files.json"))
 
 
 def _remove_comparison(out: Path) -> None:
-    import shutil
-
-    stored = None
-    if (out / COMPARE_FILE).exists():
-        try:
-            stored = runfiles.read_json(out / COMPARE_FILE)
-        except ValueError:
-            stored = None
-    names = set((stored or {}).get("optimizers", [])) if isinstance(stored, dict) else set()
-    if runfiles.is_main_process():
-        for name in names:
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-    runfiles.remove_outputs(out, runfiles.RUN_OUTPUTS + (COMPARE_FILE, "claims.json"))
+    """Remove samhess's files of every member run, then of the comparison itself; the user's
+    files stay, and so do the folders holding them."""
+    if not is_main_process():
+        return
+    for member in _member_dirs(out):
+        with run_directory_lock(member, "samhess compare --force"):
+            OwnedFiles(member).remove_owned()
+        with contextlib.suppress(OSError):  # the optimizer's folder, if now empty
+            member.parent.rmdir()
+    OwnedFiles(out).remove_owned()
 
 
-def _require_same_comparison(out: Path, stored: Any, identity: dict[str, Any]) -> None:
-    if not isinstance(stored, dict) or "task" not in stored or not isinstance(stored["task"], dict):
-        raise ValueError(f"{out / COMPARE_FILE} is not a comparison description")
-    stored = dict(stored)
-    stored["task"] = {k: v for k, v in stored["task"].items() if k not in PRESENTATION_KEYS}
+def _require_same_comparison(out: Path, stored: dict[str, Any], identity: dict[str, Any]
+                             ) -> None:
     for key in ("optimizers", "seeds"):
         if stored.get(key) != identity[key]:
-            raise ValueError(f"cannot resume {out}: it holds a different comparison ({key} = "
-                             f"{stored.get(key)!r} there, {identity[key]!r} now); use --force "
-                             "or another --out")
-    for key in sorted(set(stored["task"]) | set(identity["task"])):
-        if stored["task"].get(key) != identity["task"].get(key):
-            raise ValueError(f"cannot resume {out}: it holds a different comparison ({key} = "
-                             f"{stored['task'].get(key)!r} there, {identity['task'].get(key)!r} "
-                             "now); use --force or another --out")
+            raise RunDirectoryError(f"cannot resume {out}: it holds a different comparison "
+                                    f"({key} = {stored.get(key)!r} there, {identity[key]!r} "
+                                    "now); use --force or another --out")
+    task = {k: v for k, v in stored["task"].items() if k not in PRESENTATION_KEYS}
+    for key in sorted(set(task) | set(identity["task"])):
+        if task.get(key) != identity["task"].get(key):
+            raise RunDirectoryError(f"cannot resume {out}: it holds a different comparison "
+                                    f"({key} = {task.get(key)!r} there, "
+                                    f"{identity['task'].get(key)!r} now); use --force or "
+                                    "another --out")
 
 
 def run_compare(config: CompareConfig, out: str | Path, *, resume: bool = False,
@@ -108,8 +115,9 @@ def run_compare(config: CompareConfig, out: str | Path, *, resume: bool = False,
     record leaves ``out`` as it found it.
 
     Raises:
-        ValueError: bad settings, missing data, or ``out`` holding something else without
-            ``resume``/``force``; one line.
+        SamhessError: bad settings, missing data, ``out`` (or a member's directory) written by
+            another process, holding something else without ``resume``/``force``, or holding
+            files samhess did not write; one line.
     """
     out = Path(out)
     # Check every member's settings and the data before claiming the directory.
@@ -118,37 +126,45 @@ def run_compare(config: CompareConfig, out: str | Path, *, resume: bool = False,
     # Missing data files and settings the model cannot meet (--top-k) fail before the
     # directory is claimed; the members share the data and the model.
     build_task(members[0][2])
-    fresh = not on_main_process(runfiles.holds_run, out)
-    if resume and fresh and is_main_process():
-        print(f"samhess: no comparison found in {out}; starting a fresh one", file=sys.stderr)
-    created = fresh and not on_main_process(out.exists)
-    # Under torchrun, rank 0 decides what the directory holds and every rank follows.
-    on_main_process(_prepare_compare_dir, out, config, resume=resume, force=force)
-    total = len(members)
-    show = progress_enabled(quiet) and is_main_process()
-    progress = ComparisonProgress([name for name, _, _ in members], enabled=show)
-    try:
-        for index, (name, seed, run_config) in enumerate(members, start=1):
-            run_dir = run_dir_of(out, name, seed)
-            desc = f"[{index}/{total}] {name} seed {seed}"
-            continuing = resume and on_main_process(runfiles.holds_run, run_dir)
-            trained = continuing and on_main_process(_trained_to, run_dir) == run_config.steps
-            started = time.perf_counter()
-            run_experiment(run_config, run_dir, resume=continuing, quiet=not show,
-                           progress_desc=desc, write_report=False, comparison=progress)
-            if trained:
-                progress.skipped()
-            else:
-                progress.finished(name, time.perf_counter() - started)
-    except BaseException:
-        # A new comparison whose first run failed before its first record (that run has
-        # removed its own files) leaves the directory as it found it.
-        if fresh:
-            _abandon_comparison(out, config, created)
-        raise
-    finally:
-        progress.close()
-    return CompareResult(out=out, report=on_main_process(build_report, out))
+    with run_directory_lock(out, "samhess compare"):
+        # Under torchrun, rank 0 decides what the directory holds and every rank follows.
+        decision = on_main_process(_inspect_compare_dir, out, config, resume=resume,
+                                   force=force)
+        if resume and decision == "fresh" and is_main_process():
+            print(f"samhess: no comparison found in {out}; starting a fresh one",
+                  file=sys.stderr)
+        on_main_process(_claim_compare_dir, out, config, decision)
+        total = len(members)
+        show = progress_enabled(quiet) and is_main_process()
+        progress = ComparisonProgress([name for name, _, _ in members], enabled=show)
+        try:
+            continuing = {}
+            for name, seed, run_config in members:  # every member's directory, before any runs
+                run_dir = run_dir_of(out, name, seed)
+                continuing[run_dir] = resume and on_main_process(OwnedFiles(run_dir).exists)
+                on_main_process(inspect_run_dir, run_dir, run_config,
+                                resume=continuing[run_dir], force=False)
+            for index, (name, seed, run_config) in enumerate(members, start=1):
+                run_dir = run_dir_of(out, name, seed)
+                desc = f"[{index}/{total}] {name} seed {seed}"
+                trained = (continuing[run_dir]
+                           and on_main_process(_trained_to, run_dir) == run_config.steps)
+                started = time.perf_counter()
+                run_experiment(run_config, run_dir, resume=continuing[run_dir], quiet=not show,
+                               progress_desc=desc, write_report=False, comparison=progress)
+                if trained:
+                    progress.skipped()
+                else:
+                    progress.finished(name, time.perf_counter() - started)
+        except BaseException:
+            # A new comparison whose first run failed before its first record (that run has
+            # removed its own files) leaves the directory as it found it.
+            if decision == "fresh":
+                _abandon_comparison(out, config)
+            raise
+        finally:
+            progress.close()
+        return CompareResult(out=out, report=on_main_process(build_report, out))
 
 
 def _trained_to(run_dir: Path) -> int | None:
@@ -160,15 +176,12 @@ def _trained_to(run_dir: Path) -> int | None:
     return timing.get("steps") if isinstance(timing, dict) else None
 
 
-def _abandon_comparison(out: Path, config: CompareConfig, created: bool) -> None:
-    """Remove compare.json, the empty optimizer folders and ``out`` if created and empty, unless
-    some member run has started (holds files)."""
+def _abandon_comparison(out: Path, config: CompareConfig) -> None:
+    """Remove the comparison's files unless some member run has started (the lock then removes
+    ``out`` and the optimizer folders it or the members' locks created, if left empty)."""
     if not is_main_process():
         return
-    if any(runfiles.holds_run(run_dir_of(out, name, seed))
+    if any(OwnedFiles(run_dir_of(out, name, seed)).exists()
            for name in config.optimizers for seed in range(config.seeds)):
         return
-    runfiles.remove_outputs(out, (COMPARE_FILE,))
-    for directory in [*(out / name for name in config.optimizers), *([out] if created else [])]:
-        with contextlib.suppress(OSError):  # only empty directories go
-            directory.rmdir()
+    OwnedFiles(out).remove_owned()

@@ -21,8 +21,9 @@ output directory (``--out`` wins over it; see :func:`take_output_dir`).
 YAML files are read with YAML 1.2's numbers: ``lr: 1e-3`` is a float, as in TOML (PyYAML's
 YAML 1.1 would make it a string).
 
-Every problem is a ``ValueError`` (or ``TypeError``) whose one-line message names the key and
-the value, so the command line can print it as it is.
+Every problem is a :class:`~samhess.errors.UsageError` (a ``ValueError``; for a wrong type a
+:class:`~samhess.errors.SettingTypeError`, also a ``TypeError``) whose one-line message names
+the key and the value, so the command line can print it as it is.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samhess.errors import SettingTypeError, UsageError
 from samhess.experiments.optimizer_kinds import (
     HYPERPARAMETER_GROUP,
     HYPERPARAMETERS,
@@ -283,11 +285,36 @@ class CompareConfig:
         out["task"] = {k: v for k, v in out["task"].items() if k not in PRESENTATION_KEYS}
         return out
 
+    @classmethod
+    def from_dict(cls, values: Any, *, source: str) -> "CompareConfig":
+        """Validate a :meth:`to_dict` as read back (``compare.json``); every key is required.
+
+        Raises:
+            UsageError, SettingTypeError: a missing or bad key, named with ``source``.
+        """
+        if not isinstance(values, dict) or not isinstance(values.get("task"), dict):
+            raise UsageError(f"{source} is not a comparison description (it needs optimizers, "
+                             "seeds and a task table)")
+        for key in ("optimizers", "seeds"):
+            if key not in values:
+                raise UsageError(f"{source} is not a comparison description: it lacks {key}")
+        optimizers = parse_optimizer_list(values["optimizers"], source)
+        seeds = _COMPARE_SETTINGS["seeds"].check(values["seeds"], source)
+        task = dict(values["task"])
+        missing = [name for name in RUN_SETTINGS if name not in task and name not in (
+            "optimizer", "seed")]
+        if missing:
+            raise UsageError(f"{source}: its task lacks {', '.join(missing)}")
+        for forbidden in ("optimizer", "seed"):
+            task.pop(forbidden, None)
+        return cls(optimizers=optimizers, seeds=seeds,
+                   task=RunConfig(**validate_values(task, source=source)))
+
 
 def normalize_key(key: object, source: str) -> str:
     """``weight-decay`` and ``weight_decay`` name the same key."""
     if not isinstance(key, str):
-        raise TypeError(f"{source}: key {key!r} is not a string")
+        raise SettingTypeError(f"{source}: key {key!r} is not a string")
     return key.replace("-", "_")
 
 
@@ -308,7 +335,7 @@ def validate_values(values: Mapping[str, Any], *, source: str) -> dict[str, Any]
             close = difflib.get_close_matches(
                 key, list(RUN_SETTINGS) + sorted(COMPARE_KEYS) + [OUTPUT_KEY], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{source}: unknown key {raw_key!r}{hint}")
+            raise UsageError(f"{source}: unknown key {raw_key!r}{hint}")
         out[key] = RUN_SETTINGS[key].check(value, source)
     return out
 
@@ -368,7 +395,7 @@ def _resolve_task(config: Any) -> dict[str, Any]:
     if config.layer_track_every is None:
         changes["layer_track_every"] = 0 if large else LAYER_RECORD_SPACING * config.track_every
     elif config.layer_track_every % config.track_every:
-        raise ValueError(f"--layer-track-every {config.layer_track_every} is invalid: it must be "
+        raise UsageError(f"--layer-track-every {config.layer_track_every} is invalid: it must be "
                          f"a multiple of --track-every {config.track_every} (or 0 for no "
                          "per-layer curvature)")
     if config.landscape_points is None:
@@ -388,8 +415,16 @@ def resolve(values: Mapping[str, Any]) -> Any:
     config = dataclasses.replace(config, **changes)
     problem = kind.check(config) if kind.check is not None else None
     if problem is not None:
-        raise ValueError(f"optimizer {kind.name!r}: {problem}")
+        raise UsageError(f"optimizer {kind.name!r}: {problem}")
     return config
+
+
+def record_steps(config: Any) -> list[int]:
+    """The steps a run records at: 0, every ``track_every`` steps, and its last step."""
+    steps = list(range(0, config.steps + 1, config.track_every))
+    if steps[-1] != config.steps:
+        steps.append(config.steps)
+    return steps
 
 
 def per_optimizer_defaults(setting: Setting) -> str:
@@ -418,7 +453,7 @@ def _refuse_unread(flag_values: Mapping[str, Any], names: tuple[str, ...]) -> No
         if key in hyper and not any(key in optimizer_kind(name).reads for name in names):
             which = (f"optimizer {names[0]!r}" if len(names) == 1
                      else "any of the optimizers " + ", ".join(names))
-            raise ValueError(f"{setting_label(key, value, 'flags')} does not apply to {which}")
+            raise UsageError(f"{setting_label(key, value, 'flags')} does not apply to {which}")
 
 
 #: A YAML 1.2 float in exponent form without a dot or without an exponent sign (``1e-3``,
@@ -428,7 +463,7 @@ _YAML_EXPONENT_FLOAT = r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)[eE][-+]?[
 
 @functools.lru_cache(maxsize=1)
 def _yaml_loader() -> type:
-    """PyYAML's safe loader reading exponent-form numbers as floats.
+    """PyYAML's safe loader reading exponent-form numbers as floats, refusing duplicate keys.
 
     PyYAML follows YAML 1.1, whose float pattern needs a dot and a signed exponent, so
     ``lr: 1e-3`` would load as the string ``'1e-3'``; YAML 1.2 (and TOML) read it as a number.
@@ -439,7 +474,17 @@ def _yaml_loader() -> type:
     import yaml
 
     class ExponentFloatLoader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            # PyYAML keeps the last of two equal keys without a word; TOML refuses them.
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
 
     # add_implicit_resolver copies the inherited table first, so SafeLoader is left unchanged.
     ExponentFloatLoader.add_implicit_resolver(
@@ -456,18 +501,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml"):
-        raise ValueError(f"config file {str(path)!r} must end in .toml, .yaml or .yml")
+        raise UsageError(f"config file {str(path)!r} must end in .toml, .yaml or .yml")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ValueError(f"config file {str(path)!r} does not exist") from None
+        raise UsageError(f"config file {str(path)!r} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"config file {str(path)!r} cannot be read: {exc}") from None
+        raise UsageError(f"config file {str(path)!r} cannot be read: {exc}") from None
     if suffix == ".toml":
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+            raise UsageError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
     else:
         import yaml
 
@@ -475,14 +520,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
             reason = " ".join(str(exc).split())
-            raise ValueError(f"config file {str(path)!r} is not valid YAML: {reason}") from None
+            raise UsageError(f"config file {str(path)!r} is not valid YAML: {reason}") from None
         if data is None:
             data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a table of key = value settings")
+        raise UsageError(f"config file {str(path)!r} must hold a table of key = value settings")
     for key, value in data.items():
         if isinstance(value, dict):
-            raise ValueError(
+            raise UsageError(
                 f"config file {str(path)!r}: {key!r} is a section; settings are flat key = value"
             )
     return data
@@ -507,7 +552,7 @@ def take_output_dir(values: Mapping[str, Any], *,
         if normalize_key(raw_key, source) != OUTPUT_KEY:
             rest[raw_key] = value
         elif not isinstance(value, str) or not value:
-            raise TypeError(f"{source}: out = {value!r} has the wrong type: expected a "
+            raise SettingTypeError(f"{source}: out = {value!r} has the wrong type: expected a "
                             "directory name")
         else:
             out = value
@@ -527,7 +572,7 @@ def build_run_config(file_values: Mapping[str, Any], flag_values: Mapping[str, A
     task, compare = _split_compare_keys(file_values, "config file")
     if compare:
         key = sorted(compare)[0]
-        raise ValueError(f"config file: {key} applies to `samhess compare` only")
+        raise UsageError(f"config file: {key} applies to `samhess compare` only")
     merged = {**validate_values(task, source="config file"),
               **validate_values(flag_values, source="flags")}
     config = resolve(merged)
@@ -542,7 +587,7 @@ def parse_optimizer_list(value: object, source: str) -> tuple[str, ...]:
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         names = [name.strip() for name in value]
     else:
-        raise TypeError(
+        raise SettingTypeError(
             f"{source}: optimizers = {value!r} has the wrong type: expected a list of names"
         )
     if not names or any(not name for name in names):
@@ -565,7 +610,7 @@ def build_compare_config(
     for forbidden in ("optimizer", "seed"):
         for source, task in (("config file", file_task), ("flags", flag_task)):
             if forbidden in task:
-                raise ValueError(
+                raise UsageError(
                     f"{source}: {forbidden} is set per member run by `samhess compare`; "
                     f"use {forbidden}s instead"
                 )

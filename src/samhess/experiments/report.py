@@ -16,18 +16,32 @@ into the run's (or the comparison's) directory:
   configuration.
 
 The output is a function of the input files only: no dates, no paths outside the directory,
-floats printed with fixed formats, PNGs written without a software or date stamp. Rebuilding a
-report from the same files gives byte-identical files.
+no wall-clock times (they stay in each run's ``timing.json``), floats printed with fixed formats,
+PNGs written without a software or date stamp. Rebuilding a report from the same files gives
+byte-identical files, and so do two runs of one configuration in one environment.
+
+The report holds the directory's lock while it writes, and writes every file through the
+directory's manifest (:class:`~samhess.experiments.ownership.OwnedFiles`): it replaces only files
+samhess wrote, and refuses to overwrite one of the user's.
+
+An unfinished run or comparison (a run stopped before its last step or its final analysis, a
+member not started) is reported as it stands, labelled at the top and per member, and every
+verdict that would compare runs at different steps is withheld
+(:mod:`samhess.experiments.report_completeness`). A part of a run's final analysis that failed is
+listed with its error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samhess.errors import RunFileError
 from samhess.experiments import runfiles
+from samhess.experiments.lock import run_directory_lock
+from samhess.experiments.ownership import OwnedFiles
 from samhess.experiments.provenance import run_settings, same_environment
 from samhess.experiments.report_analysis_figures import (
     plot_gains, plot_landscape, plot_spectrum, plot_taylor,
@@ -35,26 +49,25 @@ from samhess.experiments.report_analysis_figures import (
 from samhess.experiments.report_claims import (
     Claim, ClaimEvidence, evaluate_claims, fmt, taylor_lines,
 )
+from samhess.experiments.report_completeness import (
+    incomplete_members, incompleteness_banner, unequal_progress, withhold_unequal_progress,
+)
 from samhess.experiments.report_figures import (
     block_label, layer_table, plot_curves, plot_dynamics, plot_eigenvalues, plot_layers,
 )
 from samhess.experiments.report_pages import (
-    PLOTS_DIR, Block, Bullets, Details, Heading, Image, Table, Text, Verdicts, html_page,
+    PLOTS_DIR, Banner, Block, Bullets, Details, Heading, Image, Table, Text, Verdicts, html_page,
     markdown, stat_cell, text_table,
 )
 from samhess.experiments.report_plotting import BAND_TEXT, Drawn, default_style
-from samhess.experiments.report_runs import RunFiles, RunGroups, kind_of, read_groups
+from samhess.experiments.report_runs import RunFiles, RunGroups, kind_of, label, read_groups
 from samhess.experiments.report_summary import (
     convergence_entries, convergence_line, matched_entries, mean_std, summary_entry,
 )
-from samhess.experiments.runfiles import SUMMARY_FILE
+from samhess.experiments.runfiles import CLAIMS_FILE, FIGURES_FILE, SUMMARY_FILE
 
-__all__ = ["Report", "build_report", "format_table", "format_run_summary", "FIGURES",
-           "FIGURES_FILE", "CLAIMS_FILE"]
-
-CLAIMS_FILE = "claims.json"
-#: The numbers behind every figure, by figure file name.
-FIGURES_FILE = "figures.json"
+__all__ = ["Report", "build_report", "format_table", "format_run_summary",
+           "analysis_error_lines", "FIGURES", "FIGURES_FILE", "CLAIMS_FILE"]
 
 _COLUMNS = (
     ("final_train_loss", "final train loss", "{:.4f}"),
@@ -63,7 +76,6 @@ _COLUMNS = (
     ("hessian_trace", "Tr(H)", "{:.2f}"),
     ("sharp_flat_gain_ratio", "sharp/flat vs grad step", "{:.3f}"),
     ("ire_sharp_flat_gain_ratio_vs_base", "sharp/flat vs base", "{:.3f}"),
-    ("seconds_per_step", "s/step", "{:.4f}"),
 )
 
 
@@ -110,7 +122,8 @@ def format_table(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
     """Rows of the summary table, header first."""
     rows = [["optimizer"] + [title for _, title, _ in _COLUMNS]]
     for name, entry in summary.items():
-        rows.append([name] + [stat_cell(entry[key], spec) for key, _, spec in _COLUMNS])
+        label = name if entry.get("complete", True) else f"{name} (incomplete)"
+        rows.append([label] + [stat_cell(entry[key], spec) for key, _, spec in _COLUMNS])
     return rows
 
 
@@ -147,8 +160,7 @@ _EXPLANATION = (
     "the same learning rate: 1 for SGD, above 1 where sharp directions are accelerated most "
     "(the seed note's picture of SAM), below 1 where flat ones are. 'vs base' (IRE kinds only): "
     "the reference is the step of IRE's own base optimizer (SGD, SAM or AdamW) from the same "
-    "state, which isolates what IRE adds; IRE's claims are judged on it. s/step is wall-clock "
-    "training time per step, tracking excluded."
+    "state, which isolates what IRE adds; IRE's claims are judged on it."
 )
 _CONVERGENCE_TITLE = "Does IRE reach its base optimizer's loss in fewer steps?"
 _CONVERGENCE_NOTE = (
@@ -330,13 +342,23 @@ class Report:
     html_path: Path
     plot_paths: list[Path] = field(default_factory=list)
     convergence: list[str] = field(default_factory=list)
+    #: The incompleteness banner (empty for a finished run or comparison).
+    incomplete: list[str] = field(default_factory=list)
+    analysis_errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every member ran to its last step and its final analysis."""
+        return not self.incomplete
 
     def screen_summary(self) -> str:
-        lines = [text_table(self.table)]
+        lines = [*self.incomplete, *([""] if self.incomplete else []), text_table(self.table)]
         if self.claims:
             lines += ["", *[claim.line() for claim in self.claims]]
         if self.convergence:
             lines += ["", *[f"{line}." for line in self.convergence]]
+        if self.analysis_errors:
+            lines += ["", *[f"Final analysis: {line}." for line in self.analysis_errors]]
         lines += ["", f"Report: {self.html_path}"]
         return "\n".join(lines)
 
@@ -351,12 +373,23 @@ def _draw(groups: dict[str, list[RunFiles]]) -> list[tuple[FigureSpec, Drawn]]:
     return drawn
 
 
+def analysis_error_lines(groups: dict[str, list[RunFiles]]) -> list[str]:
+    """One line per part of a final analysis that failed: member, part and error."""
+    return [f"{run.optimizer} seed {run.seed}: {part} failed ({error})"
+            for runs in groups.values() for run in runs
+            for part, error in run.analysis_errors.items()]
+
+
+_ANALYSIS_ERRORS_TITLE = "Parts of the final analysis that failed"
+
+
 def _blocks(found: RunGroups, summary: dict[str, Any], claims: list[Claim],
             matched: dict[str, Any], convergence: list[str],
             figures: list[tuple[FigureSpec, Drawn]], layers: dict[str, Any],
-            seeds: list[int]) -> list[Block]:
+            seeds: list[int], banner: list[str], errors: list[str]) -> list[Block]:
     groups = found.groups
-    blocks: list[Block] = [
+    blocks: list[Block] = [Banner(banner[0], banner[1:])] if banner else []
+    blocks += [
         Text(f"Task: {_task_line(found.config, seeds)}."),
         Bullets([f"{name}: {_hyperparameters(name, runs[0].config)}"
                  for name, runs in groups.items()]),
@@ -372,6 +405,8 @@ def _blocks(found: RunGroups, summary: dict[str, Any], claims: list[Claim],
     if convergence:
         blocks += [Heading(_CONVERGENCE_TITLE), Text(_CONVERGENCE_NOTE, note=True),
                    Bullets([f"{line}." for line in convergence])]
+    if errors:
+        blocks += [Heading(_ANALYSIS_ERRORS_TITLE), Bullets([f"{line}." for line in errors])]
     notes = {**_FIGURE_NOTES, "taylor.png": taylor_lines(groups)}
     for spec, drawn in figures:
         blocks.append(Image(spec.filename, spec.caption(len(seeds)), drawn.png,
@@ -392,58 +427,83 @@ def _blocks(found: RunGroups, summary: dict[str, Any], claims: list[Claim],
 
 
 def build_report(directory: str | Path) -> Report:
-    """Write summary.json, claims.json (comparisons), plots, report.md and report.html."""
+    """Write summary.json, claims.json (comparisons), the figures and figures.json, report.md and
+    report.html.
+
+    Holds the directory's lock while it writes, and writes only over files samhess wrote.
+
+    Raises:
+        RunFileError: the run files are missing or malformed.
+        RunDirectoryError: another process writes the directory, or a file the report would
+            replace is not samhess's (nothing is written then).
+    """
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"{directory} is not a directory")
+        raise RunFileError(f"{directory} is not a directory")
+    with run_directory_lock(directory, "samhess report"):
+        return _build_report(directory)
+
+
+def _build_report(directory: Path) -> Report:
     found = read_groups(directory)
     groups = found.groups
     seeds = sorted({run.seed for runs in groups.values() for run in runs},
                    key=lambda seed: -1 if seed is None else seed)
+    incomplete = incomplete_members(found)
     summary = {name: summary_entry(runs) for name, runs in groups.items()}
+    for name, _ in found.not_started:
+        if name in summary:
+            summary[name]["complete"] = False
     matched = matched_entries(groups) if found.is_compare else {}
     for name, entry in matched.items():
         summary[name]["at_matched_train_loss"] = entry
-    claims = (evaluate_claims(ClaimEvidence(summary, groups, matched)) if found.is_compare
-              else [])
+    claims = (withhold_unequal_progress(evaluate_claims(ClaimEvidence(summary, groups, matched)),
+                                        found) if found.is_compare else [])
     convergence = []
     if found.is_compare:
         for name, entry in convergence_entries(groups).items():
             summary[name]["steps_to_base_final_loss"] = entry
-            convergence.append(convergence_line(name, entry))
+            reason = unequal_progress((name, entry["base"]), found)
+            convergence.append(convergence_line(name, entry) if reason is None else
+                               f"{label(name)} against {label(entry['base'])}: withheld, "
+                               f"{reason}")
     layers = layer_summary(groups)
     for name, blocks in layers.items():
         summary[name]["layers"] = blocks
     figures = _draw(groups)
     table = format_table(summary)
+    banner = incompleteness_banner("comparison" if found.is_compare else "run", incomplete)
+    errors = analysis_error_lines(groups)
+    blocks = _blocks(found, summary, claims, matched, convergence, figures, layers, seeds,
+                     banner, errors)
 
-    plots_dir = directory / PLOTS_DIR
-    if runfiles.is_main_process():
-        plots_dir.mkdir(exist_ok=True)
-    plot_paths = []
-    for spec, drawn in figures:
-        runfiles.write_bytes_atomic(plots_dir / spec.filename, drawn.png)
-        plot_paths.append(plots_dir / spec.filename)
-    runfiles.write_json_atomic(plots_dir / FIGURES_FILE,
-                               {spec.filename: drawn.data for spec, drawn in figures})
-    runfiles.write_json_atomic(directory / SUMMARY_FILE,
-                               summary if found.is_compare else next(iter(summary.values())))
+    def json_bytes(value: Any) -> bytes:
+        return (runfiles.dumps_json(value) + "\n").encode("utf-8")
+
+    files = {f"{PLOTS_DIR}/{spec.filename}": drawn.png for spec, drawn in figures}
+    files[f"{PLOTS_DIR}/{FIGURES_FILE}"] = json_bytes(
+        {spec.filename: drawn.data for spec, drawn in figures})
+    files[SUMMARY_FILE] = json_bytes(summary if found.is_compare
+                                     else next(iter(summary.values())))
     if found.is_compare:
-        runfiles.write_json_atomic(directory / CLAIMS_FILE, [c.to_dict() for c in claims])
-    blocks = _blocks(found, summary, claims, matched, convergence, figures, layers, seeds)
-    runfiles.write_text_atomic(directory / "report.md", markdown(found.title, blocks))
-    runfiles.write_text_atomic(directory / "report.html", html_page(found.title, blocks))
+        files[CLAIMS_FILE] = json_bytes([c.to_dict() for c in claims])
+    files["report.md"] = markdown(found.title, blocks).encode("utf-8")
+    files["report.html"] = html_page(found.title, blocks).encode("utf-8")
+    OwnedFiles(directory).write_files(files)
     return Report(directory=directory, summary=summary, claims=claims, table=table,
                   markdown_path=directory / "report.md", html_path=directory / "report.html",
-                  plot_paths=plot_paths, convergence=convergence)
+                  plot_paths=[directory / PLOTS_DIR / spec.filename for spec, _ in figures],
+                  convergence=convergence, incomplete=banner, analysis_errors=errors)
 
 
 def format_run_summary(out: Path, summary: dict[str, Any], report_path: Path,
-                       resumed_from: int | None) -> str:
+                       resumed_from: int | None, analysis_errors: Sequence[str] = ()) -> str:
     """The lines ``samhess run`` prints at the end."""
     lines = []
     if resumed_from is not None:
         lines.append(f"Resumed from step {resumed_from}.")
     lines.append(text_table(format_table(summary)))
+    if analysis_errors:
+        lines += ["", *[f"Final analysis: {line}." for line in analysis_errors]]
     lines += ["", f"Run files: {out}", f"Report: {report_path}"]
     return "\n".join(lines)

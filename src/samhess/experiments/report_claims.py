@@ -37,17 +37,32 @@ def fmt(value: float | None, spec: str = "{:.4g}") -> str:
 
 @dataclass
 class Claim:
-    """One of the seed note's claims, tested on this comparison's numbers."""
+    """One of the seed note's claims, tested on this comparison's numbers.
+
+    Attributes:
+        claim: what is claimed.
+        holds: the verdict (``None``: undecided, or withheld).
+        evidence: the numbers behind it.
+        members: the optimizers whose runs the verdict draws on.
+        withheld: no verdict, because those runs stopped at different steps and comparing them
+            would compare unequal progress
+            (:func:`samhess.experiments.report_completeness.withhold_unequal_progress`).
+    """
 
     claim: str
     holds: bool | None
     evidence: str
+    members: tuple[str, ...] = ()
+    withheld: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"claim": self.claim, "holds": self.holds, "evidence": self.evidence}
+        return {"claim": self.claim, "holds": self.holds, "evidence": self.evidence,
+                "withheld": self.withheld}
 
     @property
     def verdict(self) -> str:
+        if self.withheld:
+            return "WITHHELD"
         return {True: "HOLDS", False: "DOES NOT HOLD", None: "UNDECIDED"}[self.holds]
 
     def line(self) -> str:
@@ -144,13 +159,18 @@ _CLAIM_RULES: dict[ClaimKind, Callable[[str, ClaimEvidence], Claim | None]] = {
 
 
 def evaluate_claims(evidence: ClaimEvidence) -> list[Claim]:
-    """The claims the compared kinds declare, judged (see the module docstring)."""
+    """The claims the compared kinds declare, judged (see the module docstring), each with the
+    optimizers whose runs it draws on (the kind, and its reference for the flatness claim)."""
     claims = []
     for claim_kind, rule in _CLAIM_RULES.items():
         for name in evidence.summary:
             if claim_kind in optimizer_kind(name).claims:
                 claim = rule(name, evidence)
                 if claim is not None:
+                    reference = optimizer_kind(name).flatness_reference
+                    claim.members = ((name, reference)
+                                     if claim_kind is ClaimKind.FLATTER_THAN_REFERENCE
+                                     else (name,))
                     claims.append(claim)
     return claims
 

@@ -1,8 +1,8 @@
 """A report's page as a list of blocks, rendered to Markdown and to one self-contained HTML file.
 
-The blocks (:class:`Heading`, :class:`Text`, :class:`Bullets`, :class:`Verdicts`,
-:class:`Table`, :class:`Image`, :class:`Details`) say what the page holds; :func:`markdown` and
-:func:`html_page` say how it looks. The HTML embeds every PNG (``data:`` URIs), loads nothing,
+The blocks (:class:`Banner`, :class:`Heading`, :class:`Text`, :class:`Bullets`,
+:class:`Verdicts`, :class:`Table`, :class:`Image`, :class:`Details`) say what the page holds;
+:func:`markdown` and :func:`html_page` say how it looks. The HTML embeds every PNG (``data:`` URIs), loads nothing,
 runs no script, and keeps table cells on one line (a mean and its spread are joined by
 non-breaking spaces) in a page that fits 1280 pixels.
 """
@@ -16,11 +16,20 @@ from typing import Any
 
 from samhess.experiments.report_claims import Claim
 
-__all__ = ["Heading", "Text", "Bullets", "Verdicts", "Table", "Image", "Details", "Block",
+__all__ = ["Banner", "Heading", "Text", "Bullets", "Verdicts", "Table", "Image", "Details", "Block",
            "markdown", "html_page", "text_table", "PLOTS_DIR"]
 
 PLOTS_DIR = "plots"
 _NBSP = "\u00a0"
+
+
+@dataclass
+class Banner:
+    """A warning set apart at the top of the page: a headline and one line per item (an
+    unfinished report's members)."""
+
+    headline: str
+    lines: list[str]
 
 
 @dataclass
@@ -70,7 +79,7 @@ class Details:
     table: Table
 
 
-Block = Heading | Text | Bullets | Verdicts | Table | Image | Details
+Block = Banner | Heading | Text | Bullets | Verdicts | Table | Image | Details
 
 
 def _markdown_cell(cell: str) -> str:
@@ -90,7 +99,10 @@ def markdown(title: str, blocks: list[Block]) -> str:
     """The page as Markdown (images linked from ``plots/``)."""
     lines = [f"# {title}", ""]
     for block in blocks:
-        if isinstance(block, Heading):
+        if isinstance(block, Banner):
+            lines += [f"> **{block.headline}.**", ">", *(f"> - {line}" for line in block.lines),
+                      ""]
+        elif isinstance(block, Heading):
             lines += ["#" * block.level + " " + block.text, ""]
         elif isinstance(block, Text):
             lines += [block.text, ""]
@@ -123,6 +135,8 @@ th:first-child, td:first-child, table.words td, table.words th { text-align: lef
 th { background: #f3f3f3; }
 .holds { color: #1a7f37; font-weight: bold; }
 .fails { color: #b3261e; font-weight: bold; }
+.withheld { color: #8a6d00; font-weight: bold; }
+div.incomplete { border: 2px solid #b3261e; padding: 0 1em; margin: 1em 0; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 p.note { color: #555; font-size: 0.92em; }
 details { margin: 1em 0; }
@@ -146,9 +160,8 @@ def _table_html(table: Table) -> list[str]:
 
 
 def _verdict_html(claim: Claim) -> str:
-    css, word = {True: ("holds", "HOLDS"), False: ("fails", "DOES NOT HOLD"),
-                 None: ("", "UNDECIDED")}[claim.holds]
-    return (f'<li><span class="{css}">{word}</span>: {html.escape(claim.claim)}. '
+    css = "withheld" if claim.withheld else {True: "holds", False: "fails", None: ""}[claim.holds]
+    return (f'<li><span class="{css}">{claim.verdict}</span>: {html.escape(claim.claim)}. '
             f"{html.escape(claim.evidence)}.</li>")
 
 
@@ -159,7 +172,11 @@ def html_page(title: str, blocks: list[Block]) -> str:
              f"<title>{esc(title)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
              f"<h1>{esc(title)}</h1>"]
     for block in blocks:
-        if isinstance(block, Heading):
+        if isinstance(block, Banner):
+            parts += ['<div class="incomplete">', f"<p><strong>{esc(block.headline)}.</strong></p>",
+                      "<ul>", *(f"<li>{esc(line)}</li>" for line in block.lines), "</ul>",
+                      "</div>"]
+        elif isinstance(block, Heading):
             parts.append(f"<h{block.level}>{esc(block.text)}</h{block.level}>")
         elif isinstance(block, Text):
             css = ' class="note"' if block.note else ""

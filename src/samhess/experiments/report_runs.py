@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samhess.errors import RunFileError
 from samhess.experiments import runfiles
-from samhess.experiments.optimizer_kinds import OPTIMIZER_KINDS, OptimizerKind, optimizer_kind
-from samhess.experiments.provenance import stored_provenance
-from samhess.experiments.runfiles import (
-    COMPARE_FILE, CONFIG_FILE, METRICS_FILE, TIMING_FILE, MetricsLog,
-)
+from samhess.experiments.analyze import failed_parts
+from samhess.experiments.metrics_log import MetricsLog
+from samhess.experiments.optimizer_kinds import OPTIMIZER_KINDS, OptimizerKind
+from samhess.experiments.provenance import PROVENANCE_KEY, stored_provenance
+from samhess.experiments.rundir import read_compare_config, read_run_config
+from samhess.experiments.runfiles import COMPARE_FILE, CONFIG_FILE, METRICS_FILE, TIMING_FILE
 
 __all__ = ["ANALYSIS_FILE", "TRACKER_SOURCE", "RunFiles", "RunGroups", "read_run",
            "read_groups", "run_dir_of", "kind_of", "label"]
@@ -20,7 +22,8 @@ ANALYSIS_FILE = Path("analysis") / "analysis.json"
 #: ``config.json``'s ``source`` for a run tracked in the user's own loop by
 #: :class:`samhess.Tracker`: its optimizer is the user's, named by its wrapping chain
 #: (``IRE(SAM(SGD))``) and no registered kind, and what the loop does not say (seed, data set,
-#: batch size) is null. :func:`read_run` lets no other unregistered optimizer through.
+#: batch size) is null. :func:`read_run` lets no other unregistered optimizer through, and checks
+#: every other run's configuration in full.
 TRACKER_SOURCE = "samhess.Tracker"
 
 
@@ -45,6 +48,8 @@ class RunFiles:
     records: list[dict[str, Any]]
     timing: dict[str, Any] | None
     analysis: dict[str, Any] | None
+    #: Parts of the final analysis that failed, with their errors (left out of ``analysis``).
+    analysis_errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def optimizer(self) -> str:
@@ -65,22 +70,35 @@ def read_run(directory: Path) -> RunFiles:
     """Read one run directory.
 
     Raises:
-        ValueError: ``config.json`` or ``metrics.jsonl`` is missing or malformed.
+        RunFileError: ``config.json``, ``metrics.jsonl`` or ``analysis.json`` is missing or
+            malformed, or the log holds no record.
     """
-    config = runfiles.read_json(directory / CONFIG_FILE)
-    if not isinstance(config, dict) or "optimizer" not in config:
-        raise ValueError(f"{directory / CONFIG_FILE} is not a run configuration")
-    if config.get("source") != TRACKER_SOURCE:
-        optimizer_kind(config["optimizer"])  # an unknown name is an error, never a guess
+    stored = runfiles.read_json(directory / CONFIG_FILE)
+    if isinstance(stored, dict) and stored.get("source") == TRACKER_SOURCE:
+        config = stored  # what the user's loop could say, with nulls for the rest
+        if "optimizer" not in config:
+            raise RunFileError(f"{directory / CONFIG_FILE} is not a run configuration")
+    else:
+        # every setting checked (an unknown optimizer is an error, never a guess); the
+        # provenance, no setting, kept as recorded
+        config = {**read_run_config(directory).to_dict(),
+                  PROVENANCE_KEY: stored_provenance(stored)}
     records = MetricsLog(directory / METRICS_FILE).records()
     if not records:
-        raise ValueError(f"{directory / METRICS_FILE} holds no records; the run has not started")
+        raise RunFileError(f"{directory / METRICS_FILE} holds no records; the run has not "
+                           "started")
     timing_path = directory / TIMING_FILE
     timing = runfiles.read_json(timing_path) if timing_path.exists() else None
     analysis_path = directory / ANALYSIS_FILE
     analysis = runfiles.read_json(analysis_path) if analysis_path.exists() else None
+    errors: dict[str, str] = {}
+    if analysis is not None:
+        if not isinstance(analysis, dict) or not isinstance(analysis.get("step"), int):
+            raise RunFileError(f"{analysis_path} is not a samhess analysis")
+        errors = failed_parts(analysis)
+        analysis = {key: value for key, value in analysis.items() if key not in errors}
     return RunFiles(directory=directory, config=config, records=records, timing=timing,
-                    analysis=analysis)
+                    analysis=analysis, analysis_errors=errors)
 
 
 def run_dir_of(compare_dir: Path, optimizer: str, seed: int) -> Path:
@@ -90,42 +108,53 @@ def run_dir_of(compare_dir: Path, optimizer: str, seed: int) -> Path:
 
 @dataclass
 class RunGroups:
-    """What a report covers: its title, a representative configuration, and the runs by
-    optimizer (in the comparison's order; one run for a run's own report)."""
+    """What a report covers: its title, a representative configuration, the runs by optimizer
+    (in the comparison's order; one run for a run's own report), and the members of a
+    comparison that never started (``(optimizer, seed)``; their optimizer is left out of
+    ``groups`` when none of its seeds started)."""
 
     title: str
     config: dict[str, Any]
     groups: dict[str, list[RunFiles]]
     is_compare: bool
+    not_started: list[tuple[str, int]] = field(default_factory=list)
 
 
 def read_groups(directory: Path) -> RunGroups:
     """The runs of a comparison directory (``compare.json``) or of one run directory.
 
+    An unfinished comparison is read as it stands: the members that have a record, and those
+    that never started (:attr:`RunGroups.not_started`).
+
     Raises:
-        ValueError: ``directory`` holds neither, or a comparison lacks member runs.
+        RunFileError: ``directory`` holds neither, its files are malformed, or no member of
+            the comparison has started.
     """
     if (directory / COMPARE_FILE).exists():
-        spec = runfiles.read_json(directory / COMPARE_FILE)
-        try:
-            names, seeds = list(spec["optimizers"]), int(spec["seeds"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(
-                f"{directory / COMPARE_FILE} is not a comparison description") from None
-        groups = {}
-        for name in names:
-            runs = [read_run(run_dir_of(directory, name, seed)) for seed in range(seeds)
-                    if (run_dir_of(directory, name, seed) / CONFIG_FILE).exists()]
-            if len(runs) != seeds:
-                raise ValueError(f"{directory} lacks runs of {name}; finish them with "
-                                 "samhess compare --resume")
-            groups[name] = runs
+        spec = read_compare_config(directory)
+        groups: dict[str, list[RunFiles]] = {}
+        not_started = []
+        for name in spec.optimizers:
+            runs = []
+            for seed in range(spec.seeds):
+                run_dir = run_dir_of(directory, name, seed)
+                started = ((run_dir / CONFIG_FILE).exists()
+                           and MetricsLog(run_dir / METRICS_FILE).records())
+                if started:
+                    runs.append(read_run(run_dir))
+                else:
+                    not_started.append((name, seed))
+            if runs:
+                groups[name] = runs
+        if not groups:
+            raise RunFileError(f"{directory} holds a comparison none of whose runs has started; "
+                               "run it with samhess compare --resume")
         first = next(iter(groups.values()))[0].config
-        return RunGroups("samhess comparison", first, groups, True)
+        return RunGroups("samhess comparison", first, groups, True, not_started)
     if (directory / CONFIG_FILE).exists():
         run = read_run(directory)
         name = label(run.optimizer)
         title = f"samhess run: {name}" + ("" if name == run.optimizer else f" ({run.optimizer})")
         title += "" if run.seed is None else f", seed {run.seed}"
         return RunGroups(title, run.config, {run.optimizer: [run]}, False)
-    raise ValueError(f"{directory} holds no run (config.json) or comparison (compare.json)")
+    raise RunFileError(f"{directory} holds no run (config.json) or comparison (compare.json)")

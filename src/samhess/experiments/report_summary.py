@@ -2,11 +2,13 @@
 loss, and how soon an IRE kind reaches its base optimizer's loss.
 
 ``summary.json`` holds, per optimizer, ``final_train_loss``, ``test_accuracy``, ``lambda_max``,
-``hessian_trace``, ``sharp_flat_gain_ratio``, ``ire_sharp_flat_gain_ratio_vs_base`` and
-``seconds_per_step``, each as ``{"mean": ..., "std": ...}`` over the seeds (sample standard
-deviation; 0.0 for one seed; ``null`` where a run has no such value), plus ``seeds`` and
-``steps``. The values are those of the last record of each run, except the gain ratios (median
-over the records after step 0) and the time (``timing.json``). In a comparison each entry also
+``hessian_trace``, ``sharp_flat_gain_ratio`` and ``ire_sharp_flat_gain_ratio_vs_base``, each
+as ``{"mean": ..., "std": ...}`` over the seeds (sample standard deviation; 0.0 for one seed;
+``null`` where a run has no such value), plus ``seeds``, ``steps`` and ``complete``
+(:mod:`samhess.experiments.report_completeness`). The values are those of the last record of
+each run, except the gain ratios (median over the records after step 0). Wall-clock time stays
+in each run's ``timing.json``: it is the one thing two runs of one configuration do not share,
+and summary.json is byte-identical between them. In a comparison each entry also
 holds ``at_matched_train_loss`` (:func:`matched_entries`) and, for an IRE kind whose base
 optimizer was also run, ``steps_to_base_final_loss`` (:func:`steps_to_base_final_loss`). Where
 the runs recorded per-layer curvature, ``layers`` lists each layer's lambda_max, Tr(H) and share
@@ -24,13 +26,14 @@ import numpy as np
 
 from samhess.experiments.matched_loss import MATCHED_KEYS, crossing, matched_loss
 from samhess.experiments.optimizer_kinds import optimizer_kind
+from samhess.experiments.report_completeness import progress_of
 from samhess.experiments.report_runs import RunFiles, label
 
 __all__ = ["SUMMARY_KEYS", "mean_std", "median_gain_ratio", "summary_entry",
            "matched_entries", "steps_to_base_final_loss", "convergence_entries",
            "convergence_line"]
 
-#: Entry keys of summary.json and the record key (or timing key) each comes from.
+#: Entry keys of summary.json and the record key each comes from.
 SUMMARY_KEYS: dict[str, str] = {
     "final_train_loss": "train_loss",
     "test_accuracy": "test_accuracy",
@@ -38,7 +41,6 @@ SUMMARY_KEYS: dict[str, str] = {
     "hessian_trace": "hessian_trace",
     "sharp_flat_gain_ratio": "gain_ratio",
     "ire_sharp_flat_gain_ratio_vs_base": "gain_ratio_vs_base",
-    "seconds_per_step": "seconds_per_step",
 }
 
 #: Record keys summarized by their median over the records after step 0 (one step's ratio
@@ -74,19 +76,19 @@ def summary_entry(runs: Sequence[RunFiles]) -> dict[str, Any]:
 
     Every value is the last record's, except the gain ratios ``sharp_flat_gain_ratio`` and
     ``ire_sharp_flat_gain_ratio_vs_base`` (the median over the records after step 0,
-    :func:`median_gain_ratio`) and ``seconds_per_step`` (timing.json).
+    :func:`median_gain_ratio`). ``complete`` says whether every seed ran to its last step and
+    its final analysis (a comparison also clears it for a seed that never started).
     """
     entry: dict[str, Any] = {}
     for key, source in SUMMARY_KEYS.items():
-        if source == "seconds_per_step":
-            values = [(run.timing or {}).get("seconds_per_step") for run in runs]
-        elif source in _MEDIAN_KEYS:
+        if source in _MEDIAN_KEYS:
             values = [median_gain_ratio(run, source) for run in runs]
         else:
             values = [run.records[-1].get(source) for run in runs]
         entry[key] = mean_std(values)
     entry["seeds"] = [run.seed for run in runs]
     entry["steps"] = [run.records[-1]["step"] for run in runs]
+    entry["complete"] = all(progress_of(run).complete for run in runs)
     return entry
 
 

@@ -11,12 +11,16 @@ Layout of a run directory::
     plots/             curves of the run
     report.md, report.html
     tensorboard/       event files (with --tensorboard)
+    .samhess-files.json   what samhess wrote here (:mod:`samhess.experiments.ownership`)
+    .samhess.lock         held while a process writes here (:mod:`samhess.experiments.lock`)
 
 Whole files are replaced atomically: written to a temporary file in the same directory, flushed
 to disk (``fsync``), then renamed over the old one with ``os.replace``, which POSIX makes atomic.
 ``metrics.jsonl`` grows by whole lines; a record is complete once its newline is on disk. On
 resume the log is cut back to the records the checkpoint had seen, so a record written after
-the last checkpoint (or half-written by a kill) is dropped and computed again.
+the last checkpoint (or half-written by a kill) is dropped and computed again
+(:class:`samhess.experiments.metrics_log.MetricsLog`). A checkpoint's zip archive carries a
+CRC-32 of every member, which :func:`load_checkpoint` verifies before unpickling anything.
 
 Every write goes through :func:`samhess.distributed.is_main_process`: under torchrun only rank 0
 writes.
@@ -29,13 +33,16 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+import zipfile
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from samhess.distributed import is_main_process
+from samhess.errors import RunFileError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -45,11 +52,23 @@ SUMMARY_FILE = "summary.json"
 COMPARE_FILE = "compare.json"
 CHECKPOINT_FORMAT = "samhess-checkpoint-1"
 
-#: Everything a run writes; ``--force`` removes these and nothing else.
-RUN_OUTPUTS = (
-    CONFIG_FILE, METRICS_FILE, TIMING_FILE, CHECKPOINT_FILE, SUMMARY_FILE,
-    "report.md", "report.html", "analysis", "plots", "tensorboard",
-)
+CLAIMS_FILE = "claims.json"
+REPORT_FILES = ("report.md", "report.html")
+#: The figures of a report, in page order (:data:`samhess.experiments.report.FIGURES` draws
+#: them), and the file of the numbers each draws.
+REPORT_FIGURES = ("curves.png", "dynamics.png", "eigenvalues.png", "layers.png", "gains.png",
+                  "taylor.png", "spectrum.png", "landscape.png")
+FIGURES_FILE = "figures.json"
+#: What a report writes into ``plots/``, and ``samhess analyze`` into ``analysis/``.
+REPORT_PLOTS = tuple(f"plots/{name}" for name in (*REPORT_FIGURES, FIGURES_FILE))
+ANALYSIS_FILES = ("analysis/analysis.json", *(f"analysis/{name}" for name in (
+    "gains.png", "sharp_flat.png", "taylor.png", "spectral_density.png", "landscape.png")))
+#: The files a run writes under fixed names: a fresh run refuses a directory where one of them
+#: exists and is not samhess's, rather than overwrite it.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, TIMING_FILE, CHECKPOINT_FILE, SUMMARY_FILE,
+             *REPORT_FILES, *ANALYSIS_FILES, *REPORT_PLOTS)
+#: The files a comparison writes into its own directory under fixed names.
+COMPARE_FILES = (COMPARE_FILE, SUMMARY_FILE, CLAIMS_FILE, *REPORT_FILES, *REPORT_PLOTS)
 
 
 def _umask() -> int:
@@ -87,13 +106,23 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(temp_name)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise naming(exc, path) from None
         raise
     _fsync_directory(path.parent)
+
+
+def naming(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` naming ``path`` if it names no file: a full disk fails in ``write()`` or
+    ``fsync()``, whose errors do not say which file was being written."""
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -131,105 +160,69 @@ def write_json_atomic(path: str | Path, value: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file; a missing or malformed file is a ``ValueError`` naming it."""
+    """Read a JSON file; a missing or malformed file is a :class:`RunFileError` naming it."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{path} does not exist") from None
+        raise RunFileError(f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not readable JSON: {exc}") from None
+        raise RunFileError(f"{path} is not readable JSON: {exc}") from None
 
 
-class MetricsLog:
-    """``metrics.jsonl``: one compact JSON object per line, appended, flushed and fsynced.
-
-    Args:
-        path: the log file.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def records(self) -> list[dict[str, Any]]:
-        """The complete records (a trailing line without its newline is ignored)."""
-        if not self.path.exists():
-            return []
-        lines = self.path.read_bytes().split(b"\n")
-        records = []
-        for number, line in enumerate(lines[:-1], start=1):  # the last piece has no newline
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{self.path} line {number} is not JSON: {exc}") from None
-        return records
-
-    def truncate(self, count: int) -> None:
-        """Keep the first ``count`` complete records and drop everything after them."""
-        if not is_main_process():
-            return
-        if not self.path.exists():
-            if count:
-                raise ValueError(f"{self.path} is missing but the checkpoint saw {count} records")
-            return
-        data = self.path.read_bytes()
-        end = 0
-        for _ in range(count):
-            newline = data.find(b"\n", end)
-            if newline < 0:
-                raise ValueError(
-                    f"{self.path} holds fewer records than the checkpoint saw ({count})"
-                )
-            end = newline + 1
-        if end != len(data):
-            with open(self.path, "r+b") as handle:
-                handle.truncate(end)
-                handle.flush()
-                os.fsync(handle.fileno())
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        """Append one record as a line and force it to disk."""
-        if not is_main_process():
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = dumps_json(record, indent=None) + "\n"
-        with open(self.path, "ab") as handle:
-            handle.write(line.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def reset(self) -> None:
-        """Start an empty log."""
-        write_bytes_atomic(self.path, b"")
+def checkpoint_bytes(state: Mapping[str, Any]) -> bytes:
+    """A checkpoint's file content: ``torch.save`` of ``state`` tagged with the format."""
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    return buffer.getvalue()
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     """Write a checkpoint atomically (``torch.save`` into memory, then an atomic replace)."""
     if not is_main_process():
         return
-    buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, checkpoint_bytes(state))
+
+
+def verify_archive(path: Path) -> None:
+    """Check the CRC-32 of every member of a checkpoint's zip archive.
+
+    ``torch.load`` does not: a flipped bit in a tensor loads as a wrong number without a word.
+
+    Raises:
+        RunFileError: the archive is unreadable or a member's content does not match its CRC.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise corrupt_checkpoint(path, exc) from None
+    if bad is not None:
+        raise RunFileError(f"checkpoint {path} is corrupt (the CRC-32 of its member {bad} does "
+                           "not match its content); remove it and start the run again with "
+                           "--force")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
-    Only tensors and plain containers are unpickled (``weights_only=True``).
+    The archive's CRCs are verified first (:func:`verify_archive`); then only tensors and plain
+    containers are unpickled (``weights_only=True``).
 
     Raises:
-        ValueError: the file is missing, truncated, corrupt, or not a samhess checkpoint.
+        RunFileError: the file is missing, truncated, corrupt, or not a samhess checkpoint.
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise RunFileError(f"checkpoint {path} does not exist")
+    verify_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a damaged file
         raise corrupt_checkpoint(path, exc) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path} is not a samhess checkpoint; start the run again "
-                         "with --force")
+        raise RunFileError(f"checkpoint {path} is not a samhess checkpoint; start the run again "
+                           "with --force")
     return state
 
 
@@ -247,29 +240,7 @@ def first_sentence(exc: BaseException, limit: int = 160) -> str:
     return sentence or type(exc).__name__
 
 
-def corrupt_checkpoint(path: str | Path, exc: BaseException) -> ValueError:
+def corrupt_checkpoint(path: str | Path, exc: BaseException) -> RunFileError:
     """The one-line error for a checkpoint that cannot be read or restored."""
-    return ValueError(f"checkpoint {path} is corrupt ({type(exc).__name__}: "
-                      f"{first_sentence(exc)}); start the run again with --force")
-
-
-def holds_run(directory: str | Path) -> bool:
-    """Whether ``directory`` already holds a run's (or a comparison's) files."""
-    directory = Path(directory)
-    return any((directory / name).exists() for name in (CONFIG_FILE, METRICS_FILE,
-                                                         CHECKPOINT_FILE, COMPARE_FILE))
-
-
-def remove_outputs(directory: str | Path, names: Iterable[str] = RUN_OUTPUTS) -> None:
-    """Delete the files and folders a run writes (``--force``); other files are left alone."""
-    if not is_main_process():
-        return
-    import shutil
-
-    directory = Path(directory)
-    for name in names:
-        target = directory / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+    return RunFileError(f"checkpoint {path} is corrupt ({type(exc).__name__}: "
+                        f"{first_sentence(exc)}); remove it and start the run again with --force")

@@ -8,7 +8,9 @@ the resolved defaults, and the table in ``docs/cli.md``
 :mod:`samhess.experiments.config`; an optimizer's hyperparameters in
 :mod:`samhess.experiments.optimizer_kinds`, beside the optimizer kinds that read them.
 
-Every problem is a ``ValueError`` (or ``TypeError``) whose one-line message names the setting as
+Every problem is a :class:`~samhess.errors.UsageError` (a ``ValueError``; a
+:class:`~samhess.errors.SettingTypeError`, also a ``TypeError``, for a wrong type) whose
+one-line message names the setting as
 the user wrote it (``--track-every 0`` for a flag, ``config file: steps = 0`` for a file key) and
 the value.
 """
@@ -20,6 +22,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from samhess.errors import SettingTypeError, UsageError
 
 __all__ = [
     "ValueKind",
@@ -177,7 +181,7 @@ class Setting:
         # bool is an int in Python; a key written `steps = true` is a mistake, not 1.
         if (isinstance(value, bool) and bool not in self.kind.types) or not isinstance(
                 value, self.kind.types):
-            raise TypeError(f"{label} has the wrong type: expected {self.kind.description}")
+            raise SettingTypeError(f"{label} has the wrong type: expected {self.kind.description}")
         if self.kind is ValueKind.REALS:
             return self._check_reals(value, source)
         if self.kind is ValueKind.REAL:
@@ -217,9 +221,9 @@ def setting_label(key: str, value: object, source: str) -> str:
     return f"{source}: {key} = {value!r}"
 
 
-def invalid(key: str, value: object, requirement: str, source: str) -> ValueError:
+def invalid(key: str, value: object, requirement: str, source: str) -> UsageError:
     """The error for a value of the right type that breaks a requirement."""
-    return ValueError(f"{setting_label(key, value, source)} is invalid: {requirement}")
+    return UsageError(f"{setting_label(key, value, source)} is invalid: {requirement}")
 
 
 def settings_by_name(settings: Sequence[Setting]) -> Mapping[str, Setting]:

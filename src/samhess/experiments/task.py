@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from samhess.errors import UsageError
 from samhess.experiments.optimizer_kinds import OptimizerKind, build_optimizer, optimizer_kind
 from samhess.experiments.tracking import TrackingSetup
 
@@ -53,7 +54,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device 'cuda' is invalid: no CUDA device is available here")
+        raise UsageError("--device 'cuda' is invalid: no CUDA device is available here")
     if name == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
@@ -82,9 +83,18 @@ def _to(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch
 
 
 def build_task(config: Any) -> Task:
-    """Load the data, build the model (seeded), the loss, the optimizer and the tracking setup."""
+    """Load the data, build the model (seeded), the loss, the optimizer and the tracking setup.
+
+    The optimizer raises :class:`~samhess.errors.DivergenceError` on a non-finite gradient
+    (``raise_on_nonfinite``) where it has that option (SAM and IRE kinds).
+
+    Raises:
+        UsageError: settings the data or the model cannot meet (batch size, top-k, a model
+            that does not fit the data, an IRE gamma that selects no coordinate).
+        DataError: missing or malformed data files.
+    """
     from samhess.experiments.data import load_dataset
-    from samhess.experiments.models import build_model, loss_for
+    from samhess.experiments.models import build_model, check_fits, loss_for
 
     from samhess.experiments.datasets.files import DataDirectoryError
 
@@ -95,19 +105,27 @@ def build_task(config: Any) -> Task:
     except DataDirectoryError as error:
         raise error.naming("--data-dir") from None
     if config.batch_size > data.num_train:
-        raise ValueError(f"--batch-size {config.batch_size} is invalid: the training set of "
+        raise UsageError(f"--batch-size {config.batch_size} is invalid: the training set of "
                          f"{config.dataset!r} holds only {data.num_train} examples")
+    try:
+        check_fits(config.model, data)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     model = build_model(config.model, data, seed=config.seed).to(device=device, dtype=dtype)
     dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if config.top_k >= dim:
         # Lanczos finds at most dim - 1 eigenpairs; caught here, before the run directory is
         # claimed, rather than at the first record.
-        raise ValueError(f"--top-k {config.top_k} is invalid: it must be smaller than the "
+        raise UsageError(f"--top-k {config.top_k} is invalid: it must be smaller than the "
                          f"number of trainable parameters of the {config.model!r} model, {dim}")
     loss_fn = loss_for(data)
     kind = optimizer_kind(config.optimizer)
-    optimizer = build_optimizer(config.optimizer, model,
-                                {**config.to_dict(), "num_data": data.num_train})
+    try:
+        optimizer = build_optimizer(config.optimizer, model,
+                                    {**config.to_dict(), "num_data": data.num_train})
+    except ValueError as error:  # a hyperparameter the model's size makes void (IRE's gamma)
+        raise UsageError(f"--optimizer {config.optimizer!r}: {error}") from None
+    _raise_on_nonfinite(optimizer)
 
     train_x, train_y = _to(data.train_inputs, device, dtype), _to(data.train_targets, device, dtype)
     test_x, test_y = _to(data.test_inputs, device, dtype), _to(data.test_targets, device, dtype)
@@ -128,6 +146,13 @@ def build_task(config: Any) -> Task:
                 train_inputs=train_x, train_targets=train_y, tracking=tracking,
                 label_generator=generator,
                 batches_per_epoch=data.num_train // config.batch_size)
+
+
+def _raise_on_nonfinite(optimizer: Any) -> None:
+    """Turn on ``raise_on_nonfinite`` of the optimizer and of the one it wraps (IRE over SAM)."""
+    for part in (optimizer, getattr(optimizer, "optimizer", None)):
+        if part is not None and hasattr(part, "raise_on_nonfinite"):
+            part.raise_on_nonfinite = True
 
 
 class BatchOrder:

@@ -39,7 +39,9 @@ from samhess._validation import (
     check_int_at_least,
     check_nonnegative,
     check_open_unit_interval,
+    check_real,
 )
+from samhess.optim.finite import require_finite_gradients
 from samhess.optim.masks import flattest_coordinates_mask
 
 __all__ = ["IRE"]
@@ -54,6 +56,10 @@ _HYPERPARAMETERS = (
     "per_tensor",
     "kappa_follows_lr",
 )
+
+
+#: Hyperparameters stored behind a validating property (set directly once validated).
+_VALIDATED_PROPERTIES = frozenset({"kappa", "gamma", "refresh_every", "start_step", "ema"})
 
 
 @dataclass
@@ -107,6 +113,14 @@ class IRE(Optimizer):
         per_tensor: rank coordinates within each parameter tensor instead of globally.
         kappa_follows_lr: scale :math:`\kappa` by each group's learning rate over its initial
             one (``initial_lr`` if a scheduler already set it, else ``lr`` at construction).
+        raise_on_nonfinite: raise :class:`~samhess.errors.DivergenceError` when a gradient the
+            step uses holds inf or NaN, before any weight moves (over a SAM, the gradient at
+            :math:`w + e` too, SAM returning to :math:`w`). Off by default, as in
+            ``torch.optim``.
+
+    Raises:
+        ValueError: ``gamma`` selects no coordinate (``round(gamma * n) = 0``, per tensor with
+            ``per_tensor``): IRE would then be its base optimizer, without a word.
 
     Attributes:
         optimizer: the wrapped optimizer.
@@ -125,6 +139,7 @@ class IRE(Optimizer):
         kappa_follows_lr: bool = False,
         *,
         ema_from_zero: bool = False,
+        raise_on_nonfinite: bool = False,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
@@ -140,6 +155,7 @@ class IRE(Optimizer):
         self.ema_from_zero = check_bool("ema_from_zero", ema_from_zero)
         self.per_tensor = check_bool("per_tensor", per_tensor)
         self.kappa_follows_lr = check_bool("kappa_follows_lr", kappa_follows_lr)
+        self.raise_on_nonfinite = check_bool("raise_on_nonfinite", raise_on_nonfinite)
         # The inner optimizer's defaults, shared: schedulers that cycle momentum read them, and
         # add_param_group fills new groups from them.
         super().__init__(optimizer.param_groups, optimizer.defaults)
@@ -162,6 +178,7 @@ class IRE(Optimizer):
         self._amplify = False
         self._pending = False
         self._pending_scaler: torch.amp.GradScaler | None = None
+        self._require_selection(self.gamma, self.per_tensor)
 
     # -- hyperparameters, validated on every assignment ----------------------------------------
 
@@ -181,7 +198,24 @@ class IRE(Optimizer):
 
     @gamma.setter
     def gamma(self, value: float) -> None:
-        self._gamma = check_open_unit_interval("gamma", value)
+        value = check_open_unit_interval("gamma", value)
+        if "optimizer" in self.__dict__:  # after construction: the parameters are known
+            self._require_selection(value, self.per_tensor)
+        self._gamma = value
+
+    def _require_selection(self, gamma: float, per_tensor: bool) -> None:
+        """Refuse a ``gamma`` whose mask would select no coordinate (IRE would do nothing)."""
+        sizes = [p.numel() for p in self._params()]
+        selected = (sum(round(gamma * n) for n in sizes) if per_tensor
+                    else round(gamma * sum(sizes)))
+        if selected == 0:
+            n = max(sizes) if per_tensor else sum(sizes)
+            where = (f"in any parameter tensor (the largest holds n = {n})" if per_tensor
+                     else f"of the n = {n} coordinates")
+            raise ValueError(
+                f"gamma {gamma!r} selects no coordinate {where}: round(gamma * n) = 0, so IRE "
+                f"would be its base optimizer; gamma must exceed 0.5 / n = {0.5 / n:.3g}"
+            )
 
     @property
     def refresh_every(self) -> int:
@@ -396,13 +430,50 @@ class IRE(Optimizer):
             if closure is not None:
                 raise RuntimeError("first_step() is pending: call second_step(), not step(closure)")
             scaler, self._pending_scaler, self._pending = self._pending_scaler, None, False
-            self.optimizer.second_step(grad_scaler=scaler)
+            with self._inner_checks_gradients():
+                self.optimizer.second_step(grad_scaler=scaler)
             self._finish_step(bool(getattr(self.optimizer, "skipped_last_step", False)))
             return None
+        if self.raise_on_nonfinite:
+            if closure is None:
+                self._require_finite_gradients("at w")
+            elif not hasattr(self.optimizer, "raise_on_nonfinite"):
+                closure = self._checked_closure(closure)
         self._begin_step()
-        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        with self._inner_checks_gradients():
+            loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
         self._finish_step(False)
         return loss
+
+    def _require_finite_gradients(self, where: str) -> None:
+        require_finite_gradients(self._params(), "IRE", where)
+
+    def _checked_closure(self, closure: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def checked(*args: Any, **kwargs: Any) -> torch.Tensor:
+            loss = closure(*args, **kwargs)
+            self._require_finite_gradients("of the closure")
+            return loss
+
+        return checked
+
+    def _inner_checks_gradients(self) -> Any:
+        """With ``raise_on_nonfinite``, have an inner optimizer that can (SAM) check its second
+        gradient too, since only it can return the weights from w + e to w."""
+        import contextlib
+
+        inner = self.optimizer
+        if not self.raise_on_nonfinite or getattr(inner, "raise_on_nonfinite", True):
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def checking():
+            inner.raise_on_nonfinite = True
+            try:
+                yield
+            finally:
+                inner.raise_on_nonfinite = False
+
+        return checking()
 
     def first_step(
         self, zero_grad: bool = False, grad_scaler: torch.amp.GradScaler | None = None
@@ -418,6 +489,8 @@ class IRE(Optimizer):
             )
         if self._pending:
             raise RuntimeError("first_step() called twice without second_step()")
+        if self.raise_on_nonfinite and (grad_scaler is None or not grad_scaler.is_enabled()):
+            self._require_finite_gradients("at w")
         self._begin_step()
         two_pass = self.optimizer.first_step(zero_grad=zero_grad, grad_scaler=grad_scaler)
         self._pending = True
@@ -455,38 +528,80 @@ class IRE(Optimizer):
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a dict from :meth:`state_dict` (the inner optimizer's state included)."""
+        """Load a dict from :meth:`state_dict` (the inner optimizer's state included).
+
+        All or nothing: every entry is checked first, then the inner optimizer loads its part
+        (itself all or nothing for torch optimizers and SAM), and only then does IRE change.
+        On any error IRE and its inner optimizer are left exactly as they were.
+
+        Raises:
+            ValueError, TypeError: a missing entry or a value that does not fit, named.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         required = ("optimizer", "step_count", "refreshed_at", "mask", "estimate",
                     "initial_lrs", "hyperparameters")
         missing = [key for key in required if key not in state_dict]
         if missing:
             raise ValueError(f"state_dict lacks the IRE entries {missing}")
+        loaded = self._checked_state(state_dict)
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.param_groups = self.optimizer.param_groups
-        hyperparameters = state_dict["hyperparameters"]
-        for name in ("kappa", "gamma", "refresh_every", "start_step", "ema"):
-            setattr(self, name, hyperparameters[name])
-        self.per_tensor = check_bool("per_tensor", hyperparameters["per_tensor"])
-        # A checkpoint from before the option existed averaged from the first estimate.
-        self.ema_from_zero = check_bool(
-            "ema_from_zero", hyperparameters.get("ema_from_zero", False)
-        )
-        self.kappa_follows_lr = check_bool(
-            "kappa_follows_lr", hyperparameters["kappa_follows_lr"]
-        )
-        self.step_count = check_int_at_least("step_count", state_dict["step_count"], 0)
-        self._refreshed_at = state_dict["refreshed_at"]
-        self._initial_lrs = [float(lr) for lr in state_dict["initial_lrs"]]
-        self._estimate = (
-            None
-            if state_dict["estimate"] is None
-            else [e.clone() for e in self._as_parameter_tensors("estimate", state_dict["estimate"])]
-        )
-        if state_dict["mask"] is None:
+        for name, value in loaded["hyperparameters"].items():
+            setattr(self, f"_{name}" if name in _VALIDATED_PROPERTIES else name, value)
+        self.step_count = loaded["step_count"]
+        self._refreshed_at = loaded["refreshed_at"]
+        self._initial_lrs = loaded["initial_lrs"]
+        self._estimate = loaded["estimate"]
+        if loaded["mask"] is None:
             self._mask, self._groups = None, []
         else:
-            self._set_mask(self._as_parameter_tensors("mask", state_dict["mask"]))
+            self._set_mask(loaded["mask"])
         self._pending, self._pending_scaler, self._amplify = False, None, False
+
+    def _checked_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Every IRE entry of ``state_dict`` validated, changing nothing."""
+        hyperparameters = state_dict["hyperparameters"]
+        if not isinstance(hyperparameters, dict):
+            raise TypeError("state_dict['hyperparameters'] must be a dict")
+        # A checkpoint from before ema_from_zero existed averaged from the first estimate.
+        absent = [name for name in _HYPERPARAMETERS
+                  if name not in hyperparameters and name != "ema_from_zero"]
+        if absent:
+            raise ValueError(f"state_dict['hyperparameters'] lacks {absent}")
+        values = {
+            "kappa": check_nonnegative("kappa", hyperparameters["kappa"]),
+            "gamma": check_open_unit_interval("gamma", hyperparameters["gamma"]),
+            "refresh_every": check_int_at_least("refresh_every",
+                                                hyperparameters["refresh_every"], 1),
+            "start_step": check_int_at_least("start_step", hyperparameters["start_step"], 0),
+            "ema": check_half_open_unit_interval("ema", hyperparameters["ema"]),
+            "ema_from_zero": check_bool("ema_from_zero",
+                                        hyperparameters.get("ema_from_zero", False)),
+            "per_tensor": check_bool("per_tensor", hyperparameters["per_tensor"]),
+            "kappa_follows_lr": check_bool("kappa_follows_lr", hyperparameters["kappa_follows_lr"]),
+        }
+        values.update({name: hyperparameters[name] for name in _HYPERPARAMETERS
+                       if name not in values})
+        self._require_selection(values["gamma"], values["per_tensor"])
+        refreshed_at = state_dict["refreshed_at"]
+        if refreshed_at is not None:
+            refreshed_at = check_int_at_least("refreshed_at", refreshed_at, 0)
+        initial_lrs = state_dict["initial_lrs"]
+        if not isinstance(initial_lrs, (list, tuple)) or len(initial_lrs) != len(self.param_groups):
+            raise ValueError(f"state_dict['initial_lrs'] must hold one learning rate per "
+                             f"parameter group ({len(self.param_groups)}), got {initial_lrs!r}")
+        estimate = state_dict["estimate"]
+        mask = state_dict["mask"]
+        return {
+            "hyperparameters": values,
+            "step_count": check_int_at_least("step_count", state_dict["step_count"], 0),
+            "refreshed_at": refreshed_at,
+            "initial_lrs": [check_real("initial_lrs", lr) for lr in initial_lrs],
+            "estimate": None if estimate is None else [
+                e.clone() for e in self._as_parameter_tensors("estimate", estimate)],
+            "mask": None if mask is None else self._as_parameter_tensors("mask", mask),
+        }
 
     def __getstate__(self) -> dict[str, Any]:
         # torch's Optimizer pickles only defaults/state/param_groups, which would drop the inner

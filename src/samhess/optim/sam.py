@@ -47,6 +47,7 @@ import torch
 from torch.optim import Optimizer
 
 from samhess._validation import check_bool, check_nonnegative
+from samhess.optim.finite import require_finite_gradients
 
 __all__ = ["SAM", "USAM", "ASAM"]
 
@@ -261,6 +262,11 @@ class SAM(Optimizer):
         adaptive: use ASAM's elementwise scaling :math:`T = \operatorname{diag}(|w|)`.
         normalize: divide by the global norm :math:`\lVert T g \rVert` (SAM, ASAM); ``False``
             gives USAM.
+        raise_on_nonfinite: raise :class:`~samhess.errors.DivergenceError` when the gradient at
+            :math:`w` or at :math:`w + e` holds inf or NaN (without a ``GradScaler``, whose
+            overflow skipping it would pre-empt), with the weights left at :math:`w` and the
+            base optimizer's state untouched. Off by default, as in ``torch.optim``, where a
+            NaN gradient turns the weights NaN without a word.
         **base_kwargs: keyword arguments of ``base_optimizer`` (``lr``, ``momentum``, ...).
 
     Attributes:
@@ -284,6 +290,8 @@ class SAM(Optimizer):
         rho: float = 0.05,
         adaptive: bool = False,
         normalize: bool = True,
+        *,
+        raise_on_nonfinite: bool = False,
         **base_kwargs: Any,
     ) -> None:
         name = _check_base_optimizer(base_optimizer)
@@ -316,6 +324,8 @@ class SAM(Optimizer):
         )
         self.last_grad_norm: torch.Tensor | None = None
         self.skipped_last_step = False
+        self.raise_on_nonfinite = check_bool("raise_on_nonfinite", raise_on_nonfinite)
+        self._scaler_steps = False  # GradScaler.step is running: it handles inf/NaN itself
         self._saved_weights: dict[torch.Tensor, torch.Tensor] = {}
         self._first_gradient_buffers: dict[torch.Tensor, torch.Tensor] = {}
         self._perturbed_params: list[torch.Tensor] = []
@@ -557,6 +567,10 @@ class SAM(Optimizer):
             self.last_grad_norm = None
             return True
         if not self._perturb(groups, inverse_scale):
+            if self.raise_on_nonfinite and inverse_scale == 1.0:
+                self._pending = False
+                require_finite_gradients([p for g in groups for p in g.params],
+                                         type(self).__name__, "at w")
             # Overflowed (or NaN) gradients: stay at w and keep them, so the second backward
             # accumulates onto them and GradScaler.step sees the overflow and skips.
             self._first_pass_finite = False
@@ -618,9 +632,11 @@ class SAM(Optimizer):
             self.step()
         else:
             self.skipped_last_step = True
+            self._scaler_steps = True
             try:
                 grad_scaler.step(self)
             finally:
+                self._scaler_steps = False
                 if self._pending:  # the scaler skipped: step() never ran
                     self._pending = False
                     self._step_skipped()
@@ -649,6 +665,14 @@ class SAM(Optimizer):
             self.skipped_last_step = True
             return
         groups = self._step_groups()
+        if self.raise_on_nonfinite and not self._scaler_steps:
+            try:
+                require_finite_gradients([p for g in groups for p in g.params],
+                                         type(self).__name__,
+                                         "at w + e" if self._two_pass else "at w")
+            except BaseException:
+                self._pending, self._step_record = False, []
+                raise
         if self._first_pass_finite:
             with torch.no_grad():
                 self._descent_gradients(groups)
@@ -698,8 +722,12 @@ class SAM(Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a dict from :meth:`state_dict`, the base optimizer's state included."""
-        if "base_optimizer" not in state_dict:
+        """Load a dict from :meth:`state_dict`, the base optimizer's state included.
+
+        All or nothing: when any part does not fit (``ValueError`` from torch's checks or a
+        variant's), SAM and its base optimizer are left exactly as they were.
+        """
+        if not isinstance(state_dict, dict) or "base_optimizer" not in state_dict:
             raise ValueError(
                 "state_dict has no 'base_optimizer' entry; it was not saved by SAM.state_dict()"
             )
@@ -713,11 +741,24 @@ class SAM(Optimizer):
         state_dict = dict(state_dict)
         base_state = state_dict.pop("base_optimizer")
         state_dict.pop("variant", None)
-        super().load_state_dict(state_dict)
-        self.base_optimizer.load_state_dict(base_state)
+        # torch's loads validate before they change anything, and then replace the ``state``
+        # and ``param_groups`` objects rather than write into them: putting the old objects back
+        # undoes a load whose later part failed, and keeps every reference to them valid.
+        before = [(self.__dict__["state"], self.param_groups),
+                  (self.base_optimizer.__dict__["state"], self.base_optimizer.param_groups)]
+        previous_variant = self._variant_state()
+        try:
+            super().load_state_dict(state_dict)
+            self.base_optimizer.load_state_dict(base_state)
+            if variant is not None:
+                self._load_variant_state({k: v for k, v in variant.items() if k != "optimizer"})
+        except BaseException:
+            for optimizer, (state, groups) in zip((self, self.base_optimizer), before):
+                optimizer.__dict__["state"], optimizer.param_groups = state, groups
+            if previous_variant is not None:
+                self._load_variant_state(previous_variant)
+            raise
         self.base_optimizer.param_groups = self.param_groups
-        if variant is not None:
-            self._load_variant_state({k: v for k, v in variant.items() if k != "optimizer"})
 
 
 class USAM(SAM):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from samhess.errors import DataError
 from samhess._validation import check_int_at_least
 
 from .files import DataDirectoryError
@@ -91,7 +92,7 @@ def character_task(
     train_ids, test_ids = ids[:split], ids[split:]
     shortest = min(len(train_ids), len(test_ids))
     if shortest < seq_len + 1:
-        raise ValueError(
+        raise DataError(
             f"{source} holds {len(ids)} characters; with test_fraction={test_fraction} the "
             f"{'training' if len(train_ids) <= len(test_ids) else 'held-out'} part has {shortest}, "
             f"fewer than seq_len + 1 = {seq_len + 1}: use a longer text or a smaller seq_len"
@@ -161,12 +162,12 @@ def find_text_file(data_dir, file_name: str | None) -> Path:
     if file_name is not None:
         candidate = path / file_name
         if not candidate.is_file():
-            raise ValueError(f"dataset 'text' needs the file {file_name} in {path}; it is missing")
+            raise DataError(f"dataset 'text' needs the file {file_name} in {path}; it is missing")
         return candidate
     texts = sorted(p for p in path.glob("*.txt") if p.is_file())
     if len(texts) != 1:
         found = ", ".join(p.name for p in texts) or "none"
-        raise ValueError(
+        raise DataError(
             f"dataset 'text' needs exactly one *.txt file in {path} (found: {found}); "
             f"pass the file itself as data_dir or name it with the file_name option"
         )
@@ -200,7 +201,7 @@ def load_text(
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not valid UTF-8 text: {error}") from None
+        raise DataError(f"{path} is not valid UTF-8 text: {error}") from None
     # Windows line endings would add a '\r' token that carries no information.
     text = text.replace("\r\n", "\n")
     return character_task(

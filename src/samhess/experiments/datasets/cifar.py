@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samhess.errors import DataError
 from samhess._validation import check_choice
 
 from .files import locate, require_data_dir
@@ -65,10 +66,10 @@ def read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as handle:
             batch = _ArrayUnpickler(handle, encoding="bytes").load()
     except Exception as error:  # any unpickling failure means the same thing: not a CIFAR batch
-        raise ValueError(f"{path} is not a readable CIFAR pickle: {error}") from None
+        raise DataError(f"{path} is not a readable CIFAR pickle: {error}") from None
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise ValueError(
+        raise DataError(
             f"{path} is not a CIFAR batch: expected a dict with b'data' and {label_key!r}, "
             f"got {keys}"
         )
@@ -76,12 +77,12 @@ def read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(batch[label_key])
     row = int(np.prod(_IMAGE_SHAPE))
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row:
-        raise ValueError(
+        raise DataError(
             f"{path}: b'data' must be a uint8 array of shape (N, {row}), "
             f"got {data.dtype} {data.shape}"
         )
     if labels.shape != (data.shape[0],):
-        raise ValueError(
+        raise DataError(
             f"{path}: {label_key!r} holds {labels.size} labels for {data.shape[0]} images"
         )
     return data.reshape(-1, *_IMAGE_SHAPE), labels

@@ -6,8 +6,10 @@ import gzip
 import zlib
 from pathlib import Path
 
+from samhess.errors import DataError
 
-class DataDirectoryError(ValueError):
+
+class DataDirectoryError(DataError):
     """A data set read from files was given no ``data_dir``, or one that does not exist.
 
     The message names the directory as ``argument`` says it was passed: ``data_dir`` in the
@@ -84,7 +86,7 @@ def locate(
         (first / c).is_file() for c in ([n, f"{n}.gz"] if gzip_ok else [n]))]
     suffix = " (each optionally gzipped, .gz)" if gzip_ok else ""
     searched = " or ".join(str(c) for c in candidates)
-    raise ValueError(
+    raise DataError(
         f"dataset {dataset!r} needs the files {', '.join(names)}{suffix} in {searched}; "
         f"missing from {first}: {', '.join(missing)}"
     )
@@ -98,4 +100,4 @@ def read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as error:
-        raise ValueError(f"{path} is not a valid gzip file: {error}") from None
+        raise DataError(f"{path} is not a valid gzip file: {error}") from None

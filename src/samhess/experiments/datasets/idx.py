@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samhess.errors import DataError
 from .files import locate, read_bytes, require_data_dir
 from .preprocessing import check_limit, standardized_image_task
 from .task import TaskData
@@ -43,18 +44,18 @@ def parse_idx(raw: bytes, source: str = "IDX data") -> np.ndarray:
             header.
     """
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{source} is not an IDX file (its first two bytes must be zero)")
+        raise DataError(f"{source} is not an IDX file (its first two bytes must be zero)")
     type_code, ndim = raw[2], raw[3]
     if type_code not in _IDX_TYPES:
-        raise ValueError(f"{source} has unknown IDX type code 0x{type_code:02X}")
+        raise DataError(f"{source} has unknown IDX type code 0x{type_code:02X}")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{source} is truncated inside its IDX header")
+        raise DataError(f"{source} is truncated inside its IDX header")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_TYPES[type_code])
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(
+        raise DataError(
             f"{source} holds {len(raw)} bytes but its IDX header (shape {shape}, "
             f"{dtype.name}) implies {expected}"
         )
@@ -67,9 +68,9 @@ def _read_split(files: dict[str, Path], prefix: str) -> tuple[np.ndarray, np.nda
     images = parse_idx(read_bytes(images_path), str(images_path))
     labels = parse_idx(read_bytes(labels_path), str(labels_path))
     if images.ndim != 3:
-        raise ValueError(f"{images_path} must hold images (N, H, W), got shape {images.shape}")
+        raise DataError(f"{images_path} must hold images (N, H, W), got shape {images.shape}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise DataError(
             f"{labels_path} holds labels of shape {labels.shape} for {images.shape[0]} images "
             f"in {images_path}"
         )
@@ -83,7 +84,7 @@ def _load_idx_images(name, torchvision_dir, data_dir, limit, test_limit) -> Task
     train_x, train_y = _read_split(files, "train")
     test_x, test_y = _read_split(files, "t10k")
     if train_x.shape[1:] != test_x.shape[1:]:
-        raise ValueError(
+        raise DataError(
             f"{name}: training images are {train_x.shape[2:]} but test images {test_x.shape[2:]}"
         )
     return standardized_image_task(

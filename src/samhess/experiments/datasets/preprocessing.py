@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from samhess.errors import DataError
 from samhess._validation import check_int_at_least, check_open_unit_interval
 
 from .task import TaskData
@@ -54,9 +55,9 @@ def labels_tensor(labels, num_classes: int, source: str) -> torch.Tensor:
     """Class labels as an int64 tensor, refusing values outside ``[0, num_classes)``."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
-        raise ValueError(f"labels in {source} must be one-dimensional, got shape {labels.shape}")
+        raise DataError(f"labels in {source} must be one-dimensional, got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
+        raise DataError(
             f"labels in {source} must lie in [0, {num_classes}), "
             f"found values from {labels.min()} to {labels.max()}"
         )
