@@ -235,9 +235,19 @@ def _config_without_steps(run: Path) -> None:
     (run / "config.json").write_text(json.dumps(config))
 
 
+def _provenance_not_a_list(run: Path) -> None:
+    import json
+
+    config = json.loads((run / "config.json").read_text())
+    config["provenance"] = "elsewhere"
+    (run / "config.json").write_text(json.dumps(config))
+
+
 @pytest.mark.parametrize(("command", "damage", "fragment"), [
     ("report", _empty_record, "metrics.jsonl line 4 is not a samhess record (it has no integer "
                               "step)"),
+    ("report", _provenance_not_a_list, "config.json: provenance = 'elsewhere' is not a list of "
+                                       "environments"),
     ("report", _config_without_steps, "config.json is not a complete run configuration: it "
                                       "lacks dataset, steps"),
     ("analyze", _config_without_steps, "config.json is not a complete run configuration"),
@@ -276,6 +286,10 @@ def test_a_malformed_compare_json_is_one_line(tmp_path, capsys, description, fra
      "config file: taylor_rhos = [0.1, inf] is invalid: every element must be finite"),
     (["run", "--optimizer", "ire", "--gamma", "0.00001", *tiny_cli_args()], {},
      "gamma 1e-05 selects no coordinate of the n = 6570 coordinates"),
+    (["run", "--optimizer", "sgd", "--track-every", "2", "--layer-track-every", "3"], {},
+     "--layer-track-every 3 is invalid: it must be a multiple of --track-every 2"),
+    (["run", "--optimizer", "msam", "--batch-size", "33", "--msam-m", "4"], {},
+     "optimizer 'msam': --msam-m 4 must divide --batch-size 33"),
 ])
 def test_user_mistakes_found_by_the_audit_are_one_line_in_a_process(tmp_path, args, files,
                                                                     fragment):

@@ -133,3 +133,36 @@ def test_force_removes_samhess_s_files_only(tiny_run, tmp_path):
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
     assert manifest["kind"] == "run"
     assert "plots/mine.png" not in manifest["files"] and "config.json" in manifest["files"]
+
+
+def test_every_file_a_report_writes_is_samhess_s_and_protected(tiny_run, tmp_path, capsys):
+    from samhess.experiments.report import FIGURES
+    from samhess.experiments.runfiles import COMPARE_FILES, REPORT_FIGURES, RUN_FILES
+
+    assert tuple(spec.filename for spec in FIGURES) == REPORT_FIGURES
+    written = sorted(str(path.relative_to(tiny_run)) for path in (tiny_run / "plots").iterdir())
+    # the tiny run draws every figure (per-layer records, analysis, landscape)
+    assert written == sorted([*(f"plots/{name}" for name in REPORT_FIGURES),
+                              "plots/figures.json"])
+    owned = OwnedFiles(tiny_run)
+    for name in [*written, "summary.json", "report.md", "report.html"]:
+        assert owned.owns(name), name
+        assert name in RUN_FILES and name in COMPARE_FILES, name
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    (copy / "plots" / "landscape.png").write_bytes(b"the user's figure")
+    before = {path: path.read_bytes() for path in copy.rglob("*") if path.is_file()}
+    assert main(["report", str(copy)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"samhess: error: {copy / 'plots' / 'landscape.png'} was not written by samhess (or was "
+        "changed since); move it away or choose another --out")
+    assert {path: path.read_bytes() for path in copy.rglob("*") if path.is_file()} == before
+
+    fresh = tmp_path / "fresh"
+    (fresh / "plots").mkdir(parents=True)
+    (fresh / "plots" / "figures.json").write_text("the user's numbers")
+    assert main(["run", "--optimizer", "sgd", "--out", str(fresh), "--quiet",
+                 *tiny_cli_args()]) == 2
+    assert "holds plots/figures.json, which samhess did not write" in capsys.readouterr().err
+    assert (fresh / "plots" / "figures.json").read_text() == "the user's numbers"

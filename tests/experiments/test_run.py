@@ -195,32 +195,42 @@ def test_config_json_records_where_the_run_was_computed(tiny_run):
         key: value for key, value in stored.items() if key != "provenance"}
 
 
-def test_resume_in_another_environment_continues_and_records_it(tmp_path):
-    """A run started under another torch version (as its config.json says) resumes, ends with
-    the metrics of a straight run, and records the environment it continued in."""
+def test_resume_in_another_environment_continues_and_records_it(tmp_path, monkeypatch):
+    """A run started in another environment (another torch version) resumes, ends with the
+    metrics of a straight run, records the environment it continued in, and its config.json,
+    rewritten for that, stays samhess's own (the manifest holds its new content)."""
+    import torch
+
+    import samhess.experiments.train as train
+    from samhess.experiments.ownership import OwnedFiles
+
     straight = tmp_path / "straight"
     run_in_process(straight, **KILL_FLAGS, optimizer="sgd")
     resumed = tmp_path / "resumed"
-    run_in_process(resumed, **{**KILL_FLAGS, "steps": 12}, optimizer="sgd")
+    here, measure = train.environment, train.measure_record
+
+    def interrupted_after_the_step_12_checkpoint(*args, **kwargs):
+        if kwargs["step"] == 14:
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "environment",
+                      lambda *args: {**here(*args), "torch": "1.0.0-elsewhere"})
+        patch.setattr(train, "measure_record", interrupted_after_the_step_12_checkpoint)
+        with pytest.raises(KeyboardInterrupt):
+            run_in_process(resumed, **KILL_FLAGS, optimizer="sgd")
     config = json.loads((resumed / "config.json").read_text())
-    assert [entry["from_step"] for entry in config["provenance"]] == [0]
-    config["steps"] = KILL_FLAGS["steps"]
-    config["provenance"][0]["torch"] = "1.0.0-elsewhere"
-    (resumed / "config.json").write_text(json.dumps(config))
-    # the checkpoint's configuration must match too: rewrite it for the longer run
-    import torch
-
-    from samhess.experiments.config import RunConfig
-
-    checkpoint = torch.load(resumed / "checkpoint.pt", weights_only=True)
-    checkpoint["config"] = RunConfig.from_dict(config).identity()
-    torch.save(checkpoint, resumed / "checkpoint.pt")
+    assert [(e["torch"], e["from_step"]) for e in config["provenance"]] == [
+        ("1.0.0-elsewhere", 0)]
     result = run_in_process(resumed, **KILL_FLAGS, optimizer="sgd", resume=True)
     assert result.resumed_from == 12
     assert (resumed / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
     entries = json.loads((resumed / "config.json").read_text())["provenance"]
     assert [entry["torch"] for entry in entries] == ["1.0.0-elsewhere", torch.__version__]
     assert [entry["from_step"] for entry in entries] == [0, 12]
+    owned = OwnedFiles(resumed)
+    assert owned.owns("config.json") and owned.foreign(["config.json"]) == []
     # resuming again in the same environment adds nothing
     run_in_process(resumed, **KILL_FLAGS, optimizer="sgd", resume=True)
     assert json.loads((resumed / "config.json").read_text())["provenance"] == entries

@@ -21,7 +21,7 @@ import torch
 
 from samhess.cli import main
 from samhess.errors import RunFileError
-from samhess.experiments.runfiles import load_checkpoint
+from samhess.experiments.runfiles import REPORT_FIGURES, load_checkpoint
 
 from .conftest import TINY_RUN_FLAGS, run_in_process, tiny_cli_args
 
@@ -205,9 +205,9 @@ def test_a_full_disk_corrupts_nothing_and_the_run_resumes_exactly(
 def test_two_runs_of_one_configuration_write_identical_reports(tiny_run, tmp_path):
     again = tmp_path / "again"
     run_in_process(again, optimizer="sam-ire")
-    names = ["summary.json", "report.md", "report.html",
+    names = ["config.json", "summary.json", "report.md", "report.html",
              *(f"plots/{p.name}" for p in (tiny_run / "plots").iterdir())]
-    assert len(names) == 7
+    assert len(names) == 4 + len(REPORT_FIGURES) + 1  # every figure, and figures.json
     for name in names:
         assert (again / name).read_bytes() == (tiny_run / name).read_bytes(), name
     # Only timing.json holds wall-clock time.
