@@ -122,8 +122,8 @@ def format_table(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
     """Rows of the summary table, header first."""
     rows = [["optimizer"] + [title for _, title, _ in _COLUMNS]]
     for name, entry in summary.items():
-        label = name if entry.get("complete", True) else f"{name} (incomplete)"
-        rows.append([label] + [stat_cell(entry[key], spec) for key, _, spec in _COLUMNS])
+        row_name = name if entry.get("complete", True) else f"{name} (incomplete)"
+        rows.append([row_name] + [stat_cell(entry[key], spec) for key, _, spec in _COLUMNS])
     return rows
 
 
