@@ -11,7 +11,7 @@ from torch import nn
 
 from samhess._validation import check_choice
 from samhess.curvature.data import mean_over_data
-from samhess.curvature.operators import CurvatureOperator, check_finite_loss, gradient_products
+from samhess.curvature.operators import CurvatureOperator, check_finite_loss
 from samhess.curvature.vectors import flatten, unflatten
 
 HVP_METHODS = ("double-backward", "forward-over-reverse")
@@ -19,8 +19,8 @@ HVP_METHODS = ("double-backward", "forward-over-reverse")
 
 @dataclass
 class _GradientGraph:
-    leaves: list[torch.Tensor]
-    gradient: tuple[torch.Tensor, ...]
+    point: torch.Tensor  # the flat parameter vector the graph differentiates
+    gradient: torch.Tensor  # the flat gradient at ``point``, with its graph
     loss: torch.Tensor
 
 
@@ -98,6 +98,8 @@ class HessianOperator(CurvatureOperator):
         weight_of: Callable[[Any], Any] | None = None,
     ) -> None:
         self.method = check_choice("method", method, HVP_METHODS)
+        # forward-over-reverse builds no graph that could be kept
+        cache_graph = cache_graph and self.method == "double-backward"
         super().__init__(
             model, loss_fn, data, params, eval_mode=eval_mode, cache_graph=cache_graph, weight_of=weight_of
         )
@@ -110,15 +112,23 @@ class HessianOperator(CurvatureOperator):
         return super()._batch_product(inputs, targets, rows)
 
     def _prepare(self, inputs: Any, targets: Any) -> _GradientGraph:
-        leaves = self._leaves()
-        loss = self.loss_fn(self._outputs(leaves, inputs), targets)
-        gradient = torch.autograd.grad(
-            loss, leaves, create_graph=True, allow_unused=True, materialize_grads=True
+        # The model runs on views of one flat copy of the parameters, so the gradient and every
+        # product are flat vectors that autograd assembles itself: no per-tensor split or
+        # concatenation in Python on each product.
+        point = flatten(self.params).requires_grad_(True)
+        loss = self.loss_fn(self._outputs(unflatten(point, self.params), inputs), targets)
+        (gradient,) = torch.autograd.grad(
+            loss, point, create_graph=True, allow_unused=True, materialize_grads=True
         )
-        return _GradientGraph(leaves, gradient, loss.detach())
+        return _GradientGraph(point, gradient, loss.detach())
 
-    def _apply(self, state: _GradientGraph, vector: list[torch.Tensor]) -> list[torch.Tensor]:
-        return gradient_products(state.gradient, state.leaves, vector)
+    def _products_on(self, state: _GradientGraph, rows: torch.Tensor) -> torch.Tensor:
+        if not state.gradient.requires_grad:  # the loss is at most linear in the parameters
+            return torch.zeros_like(rows)
+        products = [
+            torch.autograd.grad(state.gradient, state.point, row, retain_graph=True)[0] for row in rows
+        ]
+        return products[0].unsqueeze(0) if len(products) == 1 else torch.stack(products)
 
     def _forward_over_reverse(
         self, inputs: Any, targets: Any, rows: torch.Tensor
