@@ -274,7 +274,7 @@ def ratios_in_turns(calls: dict[str, Callable[[], Any] | str], clock: Clock, rou
             release(clock.device)
     if "gradient" not in working:
         return {name: results.get(name, "no gradient") for name in calls}
-    rounds = max(3, min(rounds_max, int(seconds_for_rounds / max(one_round, 1e-9))))
+    rounds = max(3, int(min(rounds_max, seconds_for_rounds / max(one_round, 1e-9))))
     names = list(working)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
