@@ -75,7 +75,7 @@ if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
 from bench_gpu import Report, failure_text, image_task, release, synchronize, token_task  # noqa: E402
-from bench_optim import peak_bytes  # noqa: E402
+from bench_optim import peak_bytes, quartile_half_range  # noqa: E402
 
 SECTIONS = ("products", "memory", "eigen", "trace", "tracking")
 PRODUCT_METHODS = ("gradient", "samhess cached", "samhess rebuilt", "samhess fwd-over-rev",
@@ -246,13 +246,6 @@ class Ratio:
 
     def cell(self) -> str:
         return f"{self.median:.2f} ± {self.noise:.2f}"
-
-
-def quartile_half_range(values: list[float]) -> float:
-    if len(values) < 4:
-        return (max(values) - min(values)) / 2
-    q1, _, q3 = statistics.quantiles(values, n=4)
-    return (q3 - q1) / 2
 
 
 def ratios_in_turns(calls: dict[str, Callable[[], Any] | str], clock: Clock, rounds_max: int,
