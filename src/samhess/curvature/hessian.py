@@ -47,9 +47,9 @@ class HessianOperator(CurvatureOperator):
     of 3,834 parameters, batch of 512, several runs), one product cost 1.1-2.1 gradients by
     double backward on the kept graph, 1.7-3.2 rebuilding it, and 1.9-4.4 by
     forward-over-reverse, always in that order; hence the default. ``benchmarks/bench_scaling.py``
-    (MLPs, ResNet-20/56 and transformers of 1e4 to 1e7 parameters) measured 1.3-2.6 gradients on
-    the kept graph, the same as PyHessian's own product within the noise at every size, 2.6-4.5
-    rebuilding it and 3.2-5.6 forward-over-reverse. ``torch.compile`` of
+    (MLPs, ResNet-20/56 and transformers of 1e4 to 1e7 parameters, two runs) measured 1.2-2.9
+    gradients on the kept graph, the same as PyHessian's own product within the noise at every
+    size, 2.6-4.6 rebuilding it and 3.2-6.0 forward-over-reverse. ``torch.compile`` of
     forward-over-reverse matched the kept graph on the MLP (about 1.0 ms per product either way)
     after a 38 s compilation on CPU, so it is not offered.
 
