@@ -14,7 +14,7 @@ import torch
 
 from samhess.optim import flattest_coordinates_mask
 
-from .conftest import HERE, load_module, torchrun
+from .conftest import load_module, rank_results
 
 pytestmark = pytest.mark.distributed
 worker = load_module("fsdp_worker")
@@ -27,9 +27,7 @@ except ImportError:  # torch older than FSDP2's public API
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp-training")
-    torchrun([str(HERE / "fsdp_worker.py"), str(out)])
-    return [torch.load(out / f"rank-{r}.pt") for r in range(2)]
+    return rank_results(tmp_path_factory, "fsdp_worker")
 
 
 @pytest.fixture(scope="module")
