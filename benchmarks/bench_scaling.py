@@ -605,7 +605,8 @@ def plot(measured: list[Measured], path: Path) -> None:
         axis.set_xlabel("parameters")
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     figure.suptitle("markers: o MLP, s ResNet-20/56, ^ transformer (solid: MLP)", fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
