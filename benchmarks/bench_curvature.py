@@ -15,13 +15,15 @@ Tables (medians over ``--seeds`` seeds, ``--trace-seeds`` for the trace):
     ARPACK through scipy), default tolerance (relative residual ``sqrt(eps)`` = 3.5e-4 in float32).
 (b) trace at an equal budget of products: relative error. PyHessian: Hutchinson with
     ``tol=-inf`` so that it spends the whole budget. samhess: ``trace`` with each method.
-(c) the cost of one Hessian-vector product over one gradient (forward + backward).
+(c) the cost of one Hessian-vector product over one gradient (forward + backward): the median
+    over ``--product-repeats`` rounds of each round's ratio, ± half the interquartile range.
 (d) how samhess computes products: double backward (cached graph or rebuilt per product) and
     forward-over-reverse (``torch.func.jvp`` over ``torch.func.grad``), single vectors and
     blocks of 10 columns, on this MLP and on a small CNN, per product in gradients.
 
 Times are process CPU time on one thread (``torch.set_num_threads(1)``), so that other
-processes' load does not enter; the methods take turns within each repetition.
+processes' load does not enter; the methods take turns within each repetition, in an order that
+rotates from one repetition to the next.
 
 Run: ``python benchmarks/bench_curvature.py`` (about a minute on one CPU thread).
 """
@@ -169,11 +171,15 @@ def trace_table(model, batch, truth, seeds, budget) -> tuple[list[str], dict]:
 
 
 def product_table(models: dict[str, nn.Module], batch, repeats: int) -> list[str]:
+    """Per-round ratios to the gradient, as ``bench_scaling.py`` measures them at every size."""
     from pyhessian.utils import hessian_vector_product
+
+    from bench_scaling import Clock, ratios_in_turns
 
     loss_fn = nn.CrossEntropyLoss()
     inputs, targets = batch
-    rows = ["| model | params | samhess HVP / gradient | PyHessian HVP / gradient |", "| --- | ---: | ---: | ---: |"]
+    rows = ["| model | params | samhess HVP / gradient | PyHessian HVP / gradient | samhess / PyHessian |",
+            "| --- | ---: | ---: | ---: | ---: |"]
     for name, model in models.items():
         H = HessianOperator(model, loss_fn, batch)
         v = torch.randn(H.dim, generator=torch.Generator().manual_seed(0))
@@ -186,27 +192,31 @@ def product_table(models: dict[str, nn.Module], batch, repeats: int) -> list[str
             model.zero_grad()
             loss_fn(model(inputs), targets).backward()
 
-        timings = time_in_turns(
+        ratios = ratios_in_turns(
             {
                 "gradient": one_gradient,
                 "samhess": lambda: H @ v,
                 "PyHessian": lambda: hessian_vector_product(gradient, params, pieces),
             },
-            repeats,
+            Clock(torch.device("cpu")), repeats, seconds_for_rounds=float("inf"),
         )
-        ratios = [timings[key] / timings["gradient"] for key in ("samhess", "PyHessian")]
-        rows.append(f"| {name} | {H.dim} | {ratios[0]:.2f} | {ratios[1]:.2f} |")
+        ours, peer = ratios["samhess"], ratios["PyHessian"]
+        rows.append(f"| {name} | {H.dim} | {ours.cell()} | {peer.cell()} | {ours.median / peer.median:.3f} |")
         model.zero_grad()
     return rows
 
 
 def time_in_turns(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median CPU seconds per call; the order rotates every repetition, since a call measured
+    right after the gradient ran about 3% slower than the same call later in the round."""
     for function in functions.values():
         function()
-    samples: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            samples[name].append(cpu_seconds(function)[1])
+    names = list(functions)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(repeats):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(cpu_seconds(functions[name])[1])
     return {name: median(values) for name, values in samples.items()}
 
 
@@ -257,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=21, help="timing repetitions (default 21)")
+    parser.add_argument("--product-repeats", type=int, default=101,
+                        help="rounds of table (c) (default 101)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -280,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     trace_seeds = list(range(args.trace_seeds))
     trace_rows, trace_summary = trace_table(model, batch, true_trace, trace_seeds, args.budget)
     models = {"MLP": model, "CNN (BatchNorm, eval)": small_cnn()}
-    product_rows = product_table(models, batch, args.repeats)
+    product_rows = product_table(models, batch, args.product_repeats)
     method_rows = method_table(models, batch, args.repeats)
 
     power = eigen_summary[(10, "PyHessian (power iteration)")]
@@ -308,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(eigen_rows) + "\n")
     print(f"(b) Trace, {args.budget} Hessian-vector products, {args.trace_seeds} seeds\n")
     print("\n".join(trace_rows) + "\n")
-    print("(c) One Hessian-vector product (graph of the batch kept) / one gradient, median\n")
+    print("(c) One Hessian-vector product (graph of the batch kept) / one gradient: median of the "
+          "per-round ratios ± half their interquartile range\n")
     print("\n".join(product_rows) + "\n")
     print("(d) samhess product methods, time per product / one gradient, median\n")
     print("\n".join(method_rows) + "\n")

@@ -509,7 +509,7 @@ def optim_section(report: Report, settings: Settings, device: torch.device) -> N
     arguments = ["--device", str(device), "--batch-size", str(settings.optim_batch),
                  "--windows", str(settings.optim_windows),
                  "--refresh-every", str(settings.optim_refresh_every),
-                 "--threads", str(torch.get_num_threads())]
+                 "--threads", str(torch.get_num_threads()), "--mask-probes", "0"]
     if report.over_budget():
         report.line(f"bench_optim: {SKIPPED}\n")
         return

@@ -4,17 +4,20 @@ Every configuration trains the same small CNN with BatchNorm on the same batch; 
 whole training step (forward, backward, optimizer), since that is what SAM doubles. Steps are
 timed one by one (CPU: process CPU time on one thread, so that other processes' load does not
 enter; CUDA: wall time between synchronizations), the configurations taking turns window by
-window of ``--refresh-every`` steps; each window holds exactly one IRE mask refresh and, with
-``--refresh-every`` a multiple of 5, exactly two of LookSAM's (k = 5) SAM steps, so a window's
-mean is the amortized cost of a step. The table gives medians over windows, of the whole step
-and of the optimizer's own work in it (everything but the training loss's forward and backward
+window of ``--refresh-every`` steps, in an order that rotates every round; each window holds
+exactly one IRE mask refresh and, with ``--refresh-every`` a multiple of 5, exactly two of
+LookSAM's (k = 5) SAM steps, so a window's mean is the amortized cost of a step. The table gives
+medians over windows, of the whole step and of the optimizer's own work in it (everything but the training loss's forward and backward
 passes: the optimizer's calls, BSAM's noise, IRE's mask refresh), which shows what an
-optimizer adds beyond its passes even when other processes' load blurs the ratios.
+optimizer adds beyond its passes even when other processes' load blurs the ratios. The ratio to
+the base is the median over rounds of the round's ratio (windows measured moments apart, so
+changes of the machine's load between rounds cancel) ± half the interquartile range of those
+ratios.
 
 Bases and targets (the optimizers issue): the two-pass optimizers (SAM, USAM, ASAM, GSAM, WSAM,
 FriendlySAM, BSAM) against SGD, at most 2.05x; LookSAM (k = 5) against SGD, at most 1.3x; MSAM
 (m = 4) against SGD accumulating the gradient over the same 4 micro-batches ("SGD/4"), at most
-2.05x; IRE against SGD and SAM-IRE against SAM, at most 1.10x. RST (p = 0.5) against the mix
+2.05x; IRE against SGD and SAM-IRE against SAM, at most 1.05x (issue 15). RST (p = 0.5) against the mix
 (1 - p) SGD + p SAM, at most 1.05x: its SAM steps and its base steps are timed apart, and its
 cost at probability p is (1 - p) x median(base steps) + p x median(SAM steps), which leaves out
 how many SAM steps the draws happened to give; the median over windows (draws included) is
@@ -23,9 +26,19 @@ printed beside it.
 IRE refreshes its mask from ``samhess.curvature.fisher_diagonal`` (sampled-label Fisher
 diagonal, one sample) when that module is importable; otherwise from a stand-in of the same
 cost (one forward-backward with labels drawn from the model's softmax, gradient squared), and
-the output says which. "IRE" estimates on the whole training batch, "IRE/4" on a quarter of it:
-an estimate costs about one forward-backward, so with refresh every 10 steps the whole-batch
-estimate alone adds about 10% to every step.
+the output says which. "IRE" and "SAM-IRE" estimate on ``IRE.refresh_batch`` of the training
+batch (the default: its leading quarter), "IRE/whole" on the whole batch: an estimate costs
+about one forward-backward, so with refresh every 10 steps the whole-batch estimate alone adds
+about 10% to every step, the default quarter about 2.5%.
+
+Mask quality (second table): does the quarter-batch estimate pick as good a mask? On the CLI's
+default task (the digits MLP 64-64-32-10, ReLU, after 300 SGD steps, gamma 0.8) and on this
+CNN at initialization on random images (gamma 0.6), the top-5 Hessian eigenvectors on 512
+examples are the sharp directions; for ``--mask-probes`` random training batches of 64, masks
+from the whole-batch and from the default (quarter) estimate are scored by
+``samhess.analysis.ire_mask_quality``: the mean mass of the sharp eigenvectors on the mask
+(lower is better; a random mask gives gamma). The default passes when its mean is at most
+``MASK_MARGIN`` above the whole-batch estimate's.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the torch profiler
 (``profile_memory=True``): the largest running sum of its allocation/free events over building
@@ -67,7 +80,8 @@ from samhess.optim import (
 TWO_PASS_TARGET = 2.05
 LOOKSAM_TARGET = 1.30
 RST_TARGET = 1.05
-IRE_TARGET = 1.10
+IRE_TARGET = 1.05
+MASK_MARGIN = 0.03
 RST_PROBABILITY = 0.5
 MICRO_BATCHES = 4
 
@@ -115,8 +129,8 @@ CONFIGURATIONS: dict[str, Configuration] = {
                                             **_sgd_kwargs()), "SGD/4", TWO_PASS_TARGET),
     "IRE": Configuration(lambda p, r: _ire(torch.optim.SGD(p, **_sgd_kwargs()), r),
                          "SGD", IRE_TARGET),
-    "IRE/4": Configuration(lambda p, r: _ire(torch.optim.SGD(p, **_sgd_kwargs()), r),
-                           "SGD", IRE_TARGET),
+    "IRE/whole": Configuration(lambda p, r: _ire(torch.optim.SGD(p, **_sgd_kwargs()), r),
+                               "SGD", None),
     "SAM-IRE": Configuration(lambda p, r: _ire(SAM(p, torch.optim.SGD, rho=0.05,
                                                    **_sgd_kwargs()), r), "SAM", IRE_TARGET),
 }
@@ -150,7 +164,7 @@ def diagonal_estimator() -> tuple[Callable, str]:
         def estimate(model, loss_fn, batch):
             return fisher_diagonal(model, loss_fn, batch, num_samples=1)
 
-        return estimate, "samhess.curvature.fisher_diagonal (num_samples=1, training batch)"
+        return estimate, "samhess.curvature.fisher_diagonal (num_samples=1)"
 
     def estimate(model, loss_fn, batch):
         inputs, _ = batch
@@ -175,14 +189,13 @@ class Trainer:
     def __init__(self, name: str, batch, estimate: Callable, refresh_every: int,
                  make_model: Callable[[], nn.Module] = small_cnn) -> None:
         self.name, self.batch, self.estimate = name, batch, estimate
-        # "IRE/4": the mask refresh estimates the diagonal on a quarter of the batch
-        self.refresh_batch = batch if name != "IRE/4" else tuple(
-            t[: max(1, len(t) // 4)] for t in batch)
         self.device = batch[0].device
         self.model = make_model().to(self.device)
         self.loss_fn = nn.CrossEntropyLoss()
         self.optimizer = CONFIGURATIONS[name].build(list(self.model.parameters()), refresh_every)
         inner = self.optimizer.optimizer if isinstance(self.optimizer, IRE) else self.optimizer
+        if isinstance(self.optimizer, IRE):  # "IRE/whole": the estimate sees the whole batch
+            self.refresh_batch = batch if name == "IRE/whole" else self.optimizer.refresh_batch(batch)
         self.inner = inner
         self.micro_batches = MICRO_BATCHES if name in ("SGD/4", "MSAM") else 1
         self.clock = time.process_time if self.device.type == "cpu" else time.perf_counter
@@ -266,22 +279,32 @@ def quiet_stderr():
 def peak_memory(name: str, batch, estimate: Callable, refresh_every: int,
                 make_model: Callable[[], nn.Module] = small_cnn) -> int:
     """Peak bytes of live tensors while building ``name`` and taking three steps."""
-    device = batch[0].device
+
+    def build_and_step() -> None:
+        trainer = Trainer(name, batch, estimate, refresh_every, make_model)
+        for _ in range(3):
+            trainer.step()
+
+    return peak_bytes(build_and_step, batch[0].device)
+
+
+def peak_bytes(function: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes of the tensors ``function()`` allocates that are live at once.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` above what was allocated before; CPU: the torch
+    profiler's allocation and free events (``profile_memory=True``), summed in time order.
+    """
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
-        trainer = Trainer(name, batch, estimate, refresh_every, make_model)
-        for _ in range(3):
-            trainer.step()
+        function()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - baseline
     from torch.profiler import ProfilerActivity, profile
 
     with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        trainer = Trainer(name, batch, estimate, refresh_every, make_model)
-        for _ in range(3):
-            trainer.step()
+        function()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
     live = peak = 0
@@ -292,19 +315,34 @@ def peak_memory(name: str, batch, estimate: Callable, refresh_every: int,
     return peak
 
 
-def ratio_rows(names: list[str], median: dict[str, float], rst_cost: float | None,
-               rst_mix: float | None) -> dict[str, float | None]:
-    """Each configuration's step time over its base's (RST: its cost at p over the mix)."""
-    ratios: dict[str, float | None] = {}
+def ratio_rows(names: list[str], window_means: dict[str, list[float]], rst_cost: float | None,
+               rst_mix: float | None) -> dict[str, tuple[float, float | None] | None]:
+    """Each configuration's step time over its base's, with its noise (RST: its cost at p over
+    the mix, no noise).
+
+    Each round's ratio compares windows measured moments apart, so a change of the machine's
+    load between rounds cancels; the ratio is the median over rounds, the noise half the
+    interquartile range of the per-round ratios.
+    """
+    ratios: dict[str, tuple[float, float | None] | None] = {}
     for name in names:
         base = CONFIGURATIONS[name].base
         if base is None:
             ratios[name] = None
         elif base == "mix":
-            ratios[name] = None if rst_cost is None else rst_cost / rst_mix
+            ratios[name] = None if rst_cost is None else (rst_cost / rst_mix, None)
         else:
-            ratios[name] = median[name] / median[base]
+            per_round = [a / b for a, b in zip(window_means[name], window_means[base])]
+            ratios[name] = (statistics.median(per_round), quartile_half_range(per_round))
     return ratios
+
+
+def quartile_half_range(values: list[float]) -> float:
+    """Half the interquartile range of ``values`` (half the range for fewer than four)."""
+    if len(values) < 4:
+        return (max(values) - min(values)) / 2
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return (q3 - q1) / 2
 
 
 def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] = small_cnn,
@@ -314,8 +352,10 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--windows", type=int, default=9, help="timed windows per configuration")
+    parser.add_argument("--windows", type=int, default=21, help="timed windows per configuration")
     parser.add_argument("--refresh-every", type=int, default=10)
+    parser.add_argument("--mask-probes", type=int, default=20,
+                        help="training batches scored in the mask-quality table (0: no table)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: ratios stay stable on a shared machine)")
     parser.add_argument("--optimizers", default=",".join(CONFIGURATIONS),
@@ -350,8 +390,10 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
     window_means: dict[str, list[float]] = {name: [] for name in names}
     own_means: dict[str, list[float]] = {name: [] for name in names}
     rst_steps: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(args.windows):
-        for name, trainer in trainers.items():
+    for index in range(args.windows):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            trainer = trainers[name]
             total = 0.0
             trainer.own_time = 0.0
             for _ in range(args.refresh_every):
@@ -376,7 +418,7 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
             rst_cost = ((1 - p) * statistics.median(rst_steps[False])
                         + p * statistics.median(rst_steps[True]))
         rst_mix = (1 - p) * median["SGD"] + p * median["SAM"]
-    ratios = ratio_rows(names, median, rst_cost, rst_mix)
+    ratios = ratio_rows(names, window_means, rst_cost, rst_mix)
 
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     parameters = sum(p.numel() for p in trainers[names[0]].model.parameters())
@@ -385,7 +427,8 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
           f"{args.windows} windows of {args.refresh_every} steps per configuration")
     if any(name.startswith("IRE") or name.endswith("IRE") for name in names):
         print(f"IRE diagonal: {estimate_source}; refresh every {args.refresh_every} steps, "
-              "included in the IRE timings; IRE/4 estimates it on a quarter of the batch")
+              "included in the IRE timings; IRE and SAM-IRE estimate it on IRE.refresh_batch "
+              "(the default leading quarter of the batch), IRE/whole on the whole batch")
     print("time: " + ("process CPU time (time.process_time)" if device.type == "cpu"
                       else "wall time between CUDA synchronizations")
           + "; memory: " + ("torch.cuda.max_memory_allocated" if device.type == "cuda"
@@ -394,7 +437,7 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
           f"optimizer; rho 0.05 (ASAM 0.5, BSAM 0.01); LookSAM k=5; RST p={RST_PROBABILITY}; "
           f"MSAM and SGD/4 over {MICRO_BATCHES} micro-batches of the batch")
     print()
-    print("| optimizer | median step (ms) | own work (ms) | base | ratio to base | target "
+    print("| optimizer | median step (ms) | own work (ms) | base | ratio to base ± noise | target "
           "| peak memory (MiB) | memory ratio to base |")
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for name in names:
@@ -402,13 +445,15 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
         base, target, ratio = configuration.base, configuration.target, ratios[name]
         base_text = "-" if base is None else (
             f"{1 - RST_PROBABILITY:g} SGD + {RST_PROBABILITY:g} SAM" if base == "mix" else base)
-        if target is None:
+        if base is None:
             ratio_text = target_text = "-"
         elif ratio is None:
             ratio_text, target_text = "n/a", f"<= {target:.2f} (not measured)"
         else:
-            verdict = "met" if ratio <= target else "missed"
-            ratio_text, target_text = f"{ratio:.3f}", f"<= {target:.2f} ({verdict})"
+            value, noise = ratio
+            ratio_text = f"{value:.3f}" + ("" if noise is None else f" ± {noise:.3f}")
+            target_text = "-" if target is None else (
+                f"<= {target:.2f} ({'met' if value <= target else 'missed'})")
         memory_base = "SGD" if base == "mix" else base
         memory_ratio = "-" if base is None else f"{memory[name] / memory[memory_base]:.3f}"
         print(f"| {name} | {1e3 * median[name]:.2f} | {1e3 * own[name]:.2f} | {base_text} | "
@@ -423,7 +468,78 @@ def main(argv: list[str] | None = None, *, make_model: Callable[[], nn.Module] =
         print(f"RST: {summary(rst_steps[True])} SAM steps and {summary(rst_steps[False])} base "
               "steps drawn in the timed windows; median window over the mix, draws included: "
               f"{median['RST'] / rst_mix:.3f}")
+    if args.mask_probes > 0:
+        print()
+        mask_quality_table(args.mask_probes)
     return 0
+
+
+def digits_mlp_after_sgd(steps: int = 300) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The CLI's default model and data (digits MLP 64-64-32-10, ReLU) after ``steps`` SGD steps."""
+    from sklearn.datasets import load_digits
+
+    from samhess.experiments.models.mlp import MLP
+
+    digits = load_digits()
+    inputs = torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    targets = torch.tensor(digits.target)
+    torch.manual_seed(0)
+    model = MLP(64, 10, (64, 32), "relu")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        chosen = torch.randint(0, len(inputs), (64,), generator=generator)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(inputs[chosen]), targets[chosen]).backward()
+        optimizer.step()
+    return model.eval(), inputs, targets
+
+
+def mask_quality_table(probes: int, batch_size: int = 64, k: int = 5) -> bool:
+    """Sharp eigenvectors' mass on masks from whole-batch and default (quarter) estimates."""
+    from samhess.analysis import ire_mask_quality
+    from samhess.curvature import HessianOperator, eigenpairs, fisher_diagonal
+    from samhess.optim import flattest_coordinates_mask
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(512, 3, 32, 32, generator=generator)
+    problems = {
+        "digits MLP, 300 SGD steps": (*digits_mlp_after_sgd(), 0.8),
+        "CNN at initialization, random images": (
+            small_cnn().eval(), images, torch.randint(0, 10, (512,), generator=generator), 0.6),
+    }
+    print(f"Mask quality: mean mass of the top-{k} Hessian eigenvectors (512 examples) on the "
+          f"mask, over {probes} training batches of {batch_size}; lower is better, a random mask "
+          f"gives gamma. Margin for the default: {MASK_MARGIN}.")
+    print()
+    print("| model | params | gamma | whole batch | default (quarter) | default - whole | verdict |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    passed = True
+    loss_fn = nn.CrossEntropyLoss()
+    for label, (model, inputs, targets, gamma) in problems.items():
+        params = list(model.parameters())
+        top = eigenpairs(HessianOperator(model, loss_fn, (inputs[:512], targets[:512])), k)
+        refresh = IRE(torch.optim.SGD(params, lr=0.0), kappa=1.0, gamma=gamma)
+        masses: dict[str, list[float]] = {"whole": [], "default": []}
+        draws = torch.Generator().manual_seed(1)
+        for _ in range(probes):
+            chosen = torch.randperm(len(inputs), generator=draws)[:batch_size]
+            batch = (inputs[chosen], targets[chosen])
+            for name, examples in (("whole", batch), ("default", refresh.refresh_batch(batch))):
+                diag = fisher_diagonal(model, loss_fn, examples, params, generator=draws)
+                mask = flattest_coordinates_mask(diag, gamma)
+                masses[name].append(ire_mask_quality(mask, top).mean_sharp_mass_on_mask)
+        whole, default = (statistics.fmean(masses[name]) for name in ("whole", "default"))
+        spread = {name: statistics.stdev(values) for name, values in masses.items()}
+        ok = default - whole <= MASK_MARGIN
+        passed &= ok
+        print(f"| {label} | {sum(p.numel() for p in params)} | {gamma} | {whole:.3f} ± "
+              f"{spread['whole']:.3f} | {default:.3f} ± {spread['default']:.3f} | "
+              f"{default - whole:+.3f} | {'within' if ok else 'beyond'} {MASK_MARGIN} |")
+    print()
+    print("(± the standard deviation over the training batches)")
+    return passed
+
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 HERE = Path(__file__).resolve().parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -39,3 +40,10 @@ def torchrun(args: list[str], *, cwd: Path | None = None, timeout: float = 240.0
         pytest.fail(f"{' '.join(command)} exited with {completed.returncode}:\n"
                     f"{completed.stdout[-4000:]}\n{completed.stderr[-8000:]}")
     return completed
+
+
+def rank_results(tmp_path_factory, worker: str) -> list:
+    """Run ``tests/distributed/<worker>.py OUT`` on two ranks; what each rank saved, in rank order."""
+    out = tmp_path_factory.mktemp(worker)
+    torchrun([str(HERE / f"{worker}.py"), str(out)])
+    return [torch.load(out / f"rank-{r}.pt") for r in range(2)]

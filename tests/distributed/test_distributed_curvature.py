@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import HERE, load_module, torchrun
+from .conftest import load_module, rank_results
 
 pytestmark = pytest.mark.distributed
 worker = load_module("curvature_worker")
@@ -15,9 +15,7 @@ worker = load_module("curvature_worker")
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp-curvature")
-    torchrun([str(HERE / "curvature_worker.py"), str(out)])
-    return [torch.load(out / f"rank-{r}.pt") for r in range(2)]
+    return rank_results(tmp_path_factory, "curvature_worker")
 
 
 @pytest.fixture(scope="module")

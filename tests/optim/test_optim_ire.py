@@ -327,6 +327,8 @@ def test_grad_scaler_step_on_ire_over_sgd(make_quadratic):
         (dict(ema=1.0), ValueError, r"ema must lie in \[0, 1\), got 1.0"),
         (dict(per_tensor="yes"), TypeError, r"per_tensor must be a bool, got 'yes'"),
         (dict(ema_from_zero=1), TypeError, r"ema_from_zero must be a bool, got 1"),
+        (dict(refresh_fraction=0.0), ValueError, r"refresh_fraction must lie in \(0, 1\], got 0.0"),
+        (dict(refresh_fraction=1.5), ValueError, r"refresh_fraction must lie in \(0, 1\], got 1.5"),
     ],
 )
 def test_ire_rejects_bad_arguments(kwargs, error, pattern, make_quadratic):
@@ -356,3 +358,37 @@ def test_ire_rejects_bad_optimizers_and_diagonals(make_quadratic):
     with pytest.raises(ValueError, match=r"kappa must be >= 0"):
         ire.kappa = -0.5
     assert ire.mask is None  # failed updates leave no mask behind
+
+
+@pytest.mark.parametrize("size,fraction,kept", [(64, 0.25, 16), (5, 0.25, 2), (3, 0.1, 1), (7, 1.0, 7)])
+def test_refresh_batch_keeps_the_leading_share_of_every_tensor(size, fraction, kept, make_quadratic):
+    ire = IRE(torch.optim.SGD(make_quadratic().parameters(), lr=0.1), kappa=1.0, gamma=0.5,
+              refresh_fraction=fraction)
+    inputs, targets = torch.randn(size, 3, 2), torch.arange(size)
+    sub_inputs, sub_targets = ire.refresh_batch((inputs, targets))
+    assert torch.equal(sub_inputs, inputs[:kept]) and torch.equal(sub_targets, targets[:kept])
+    nested = ire.refresh_batch({"tokens": inputs, "extra": [targets, targets * 2]})
+    assert torch.equal(nested["tokens"], inputs[:kept])
+    assert torch.equal(nested["extra"][1], 2 * targets[:kept])
+
+
+def test_refresh_fraction_default_checkpoint_and_errors(make_quadratic):
+    model = make_quadratic()
+    ire = IRE(torch.optim.SGD(model.parameters(), lr=0.1), kappa=1.0, gamma=0.5)
+    assert ire.refresh_fraction == 0.25
+    saved = ire.state_dict()
+    other = IRE(torch.optim.SGD(model.parameters(), lr=0.1), kappa=1.0, gamma=0.5,
+                refresh_fraction=0.5)
+    other.load_state_dict(saved)
+    assert other.refresh_fraction == 0.25
+    # a state dict from before refresh_fraction existed keeps the constructor's value
+    del saved["hyperparameters"]["refresh_fraction"]
+    third = IRE(torch.optim.SGD(model.parameters(), lr=0.1), kappa=1.0, gamma=0.5,
+                refresh_fraction=0.5)
+    third.load_state_dict(saved)
+    assert third.refresh_fraction == 0.5
+    with pytest.raises(TypeError, match=r"batch must hold tensors .* got str"):
+        ire.refresh_batch("abc")
+    with pytest.raises(TypeError, match=r"batch must be a tensor, or a tuple, list or dict of "
+                                        r"tensors, got str"):
+        ire.refresh_batch((torch.ones(4), "labels"))

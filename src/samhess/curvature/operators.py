@@ -24,9 +24,15 @@ from torch.func import functional_call
 
 from samhess.curvature.attention import math_attention
 from samhess.curvature.batches import model_arguments, tensors_in
-from samhess.curvature.data import check_data, holds_single_batch, local_data, mean_over_data
+from samhess.curvature.data import (
+    check_data,
+    holds_single_batch,
+    iterate_batches,
+    local_data,
+    mean_over_data,
+)
 from samhess.curvature.units import weight_rule
-from samhess.curvature.vectors import flatten, trainable_parameters, unflatten
+from samhess.curvature.vectors import trainable_parameters, unflatten
 from samhess.distributed.collectives import ShardedData
 
 
@@ -185,6 +191,12 @@ class CurvatureOperator:
 
     def _product(self, rows: torch.Tensor) -> torch.Tensor:
         """Products with the ``k`` rows of ``rows`` (shape ``(k, dim)``), as rows."""
+        if self.cache_graph and holds_single_batch(self.data) and not isinstance(self.data, ShardedData):
+            # One batch is the whole data, so its mean is the mean over data: a product is one
+            # backward pass through the batch's kept graph, with no weighting or reduction.
+            products = self._products_on(self._kept_state(), rows)
+            self.num_matvecs += rows.shape[0]
+            return products
         self._reused_cached_state = False
         (products, loss), _ = mean_over_data(
             lambda inputs, targets: self._batch_product(inputs, targets, rows),
@@ -210,8 +222,15 @@ class CurvatureOperator:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(products of the batch-mean curvature with rows, batch-mean loss)``."""
         state = self._state_for(inputs, targets)
-        products = [flatten(self._apply(state, unflatten(row, self.params))) for row in rows]
-        return torch.stack(products), state.loss
+        return self._products_on(state, rows), state.loss
+
+    def _products_on(self, state: Any, rows: torch.Tensor) -> torch.Tensor:
+        """The batch curvature of ``state`` applied to each row, written into one new tensor."""
+        products = torch.empty_like(rows)
+        for row, product in zip(rows, products):
+            pieces = self._apply(state, unflatten(row, self.params))
+            torch.cat([piece.reshape(-1) for piece in pieces], out=product)
+        return products
 
     def _prepare(self, inputs: Any, targets: Any) -> Any:
         """Build what products on this batch need (graphs, samples); has a ``loss`` attribute."""
@@ -236,6 +255,22 @@ class CurvatureOperator:
             self._cached_state = None  # free the old graph before building a new one
             self._cached_state = self._prepare(inputs, targets)
             self._cached_key = key
+        return self._cached_state
+
+    def _kept_state(self) -> Any:
+        """The state of the single batch, rebuilt when a parameter, buffer or the batch changed.
+
+        Its loss is checked once, when it is built.
+        """
+        key = self._version_key()
+        if self._cached_key != key:
+            self._cached_state = self._cached_key = None  # free the old graph before building a new one
+            ((inputs, targets),) = iterate_batches(self.data, device=self.device, dtype=self.dtype)
+            if isinstance(targets, torch.Tensor) and targets.numel() == 0:
+                raise ValueError("data holds no examples")
+            state = self._prepare(inputs, targets)
+            check_finite_loss(state.loss, "curvature")
+            self._cached_state, self._cached_key = state, key
         return self._cached_state
 
     def _version_key(self) -> tuple:

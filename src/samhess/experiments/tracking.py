@@ -158,8 +158,29 @@ def gradient_alignment(gradient: torch.Tensor, eigenvectors: torch.Tensor
     return components.abs().tolist(), float(components.square().sum()), sign
 
 
+def curvature_data(batch: tuple[Any, Any]) -> Any:
+    """The tracking batch as the curvature operators' data.
+
+    Under ``torch.distributed`` each rank keeps its contiguous shard
+    (:func:`samhess.distributed.shard_batch`) and the operators all-reduce the shards'
+    products (:class:`samhess.distributed.ShardedData`): every rank gets the products of the
+    whole batch for a share of the cost, and the same eigenvalues and trace bit for bit. In one
+    process: the batch itself, as a list of one batch (one batch whatever its parts are).
+    """
+    from samhess.distributed import ShardedData, get_world_size, shard_batch
+
+    if get_world_size() == 1:
+        return [batch]
+    shard = shard_batch(*batch)
+    return ShardedData((shard.inputs, shard.targets))
+
+
 def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) -> dict[str, Any]:
     """Eigenvalues, trace, gradient norm and sharp/flat gains on the tracking batch.
+
+    The eigenvalues, the trace, the gradient and its alignment come from products over
+    :func:`curvature_data`, sharded across the ranks under ``torch.distributed``; the gains
+    take one real step of the optimizer on the whole batch (on every rank).
 
     The gains are measured against the gradient step and, for IRE, also against its base
     optimizer's step (the ``*_vs_base`` keys; ``None`` for optimizers without IRE). With
@@ -174,8 +195,7 @@ def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) ->
         params = trainable_parameters(model)
     else:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-    # A list of one batch is one batch whatever its inputs and targets are.
-    operator = HessianOperator(model, setup.loss_fn, [setup.batch], params=params)
+    operator = HessianOperator(model, setup.loss_fn, curvature_data(setup.batch), params=params)
     top = eigenpairs(operator, setup.top_k, which="largest", seed=setup.seed)
     estimate = trace(operator, setup.trace_matvecs, method="hutch++", seed=setup.seed)
     gradient = operator.gradient()
@@ -231,7 +251,8 @@ def measure_record(model: nn.Module, optimizer: Any, setup: TrackingSetup, *, st
         if layers:
             params = [p for group in optimizer.param_groups for p in group["params"]
                       if p.requires_grad]
-            per_layer = measure_layer_curvature(model, setup.loss_fn, setup.batch, params,
+            per_layer = measure_layer_curvature(model, setup.loss_fn,
+                                                curvature_data(setup.batch), params,
                                                 trace_matvecs=setup.trace_matvecs,
                                                 seed=setup.seed)
     record = {

@@ -14,8 +14,8 @@ StepProtocol`:
   micro-batch only.
 
 IRE needs a diagonal curvature estimate every ``refresh_every`` steps; :func:`refresh_ire_mask`
-computes it with :func:`samhess.curvature.fisher_diagonal` on the step's own batch (the
-sampled-label Fisher, drawing labels from a generator the run checkpoints) and hands it to
+computes it with :func:`samhess.curvature.fisher_diagonal` on ``IRE.refresh_batch`` of the
+step's own batch (the sampled-label Fisher, drawing labels from a generator the run checkpoints) and hands it to
 ``IRE.update_mask``.
 """
 
@@ -100,6 +100,8 @@ def refresh_ire_mask(context: StepContext, batch: tuple) -> bool:
     from samhess.curvature import fisher_diagonal
     from samhess.distributed import ShardedData, get_rank, get_world_size, shard_batch
 
+    # The estimate sees IRE's share of the batch (IRE.refresh_batch: its leading quarter by default).
+    batch = optimizer.refresh_batch(batch)
     data: Any = batch
     if get_world_size() > 1:
         shard = shard_batch(*batch)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from samhess.errors import DivergenceError
+from samhess.optim.dtensors import global_norm
 
 __all__ = ["require_finite_gradients"]
 
@@ -14,7 +15,11 @@ __all__ = ["require_finite_gradients"]
 def require_finite_gradients(params: Iterable[torch.Tensor], optimizer: str, where: str) -> None:
     """Raise :class:`~samhess.errors.DivergenceError` if any gradient holds inf or NaN.
 
-    One fused reduction and one host synchronization per call.
+    The test is the finiteness of the gradients' global norm (inf or NaN exactly when an entry
+    is): one fused reduction and one host synchronization per call. Over DTensor shards (FSDP2)
+    the norm is that of the full gradient (:func:`samhess.optim.dtensors.global_norm`), so every
+    rank reaches the same verdict, also when only one rank's shard is not finite. A float32 sum
+    of squares that overflows while every entry is finite is checked again in float64.
 
     Args:
         params: the parameters whose ``.grad`` is checked (those without one are skipped).
@@ -24,7 +29,9 @@ def require_finite_gradients(params: Iterable[torch.Tensor], optimizer: str, whe
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
-    norms = torch._foreach_norm(grads)
-    if not bool(torch.isfinite(torch.stack([n.float().to(norms[0].device) for n in norms])).all()):
-        raise DivergenceError(f"{optimizer}: the gradient {where} holds inf or NaN "
-                              "(raise_on_nonfinite is set)")
+    if bool(torch.isfinite(global_norm(grads))):
+        return
+    if bool(torch.isfinite(global_norm(grads, dtype=torch.float64))):
+        return
+    raise DivergenceError(f"{optimizer}: the gradient {where} holds inf or NaN "
+                          "(raise_on_nonfinite is set)")

@@ -47,6 +47,7 @@ import torch
 from torch.optim import Optimizer
 
 from samhess._validation import check_bool, check_nonnegative
+from samhess.optim.dtensors import global_norm, local_shards
 from samhess.optim.finite import require_finite_gradients
 
 __all__ = ["SAM", "USAM", "ASAM"]
@@ -58,25 +59,17 @@ def _global_norm(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
     """The 2-norm of the concatenation of ``tensors``, as a tensor and as a Python float.
 
     inf/NaN only if an entry is inf/NaN. The fast path is one foreach kernel plus one reduction
-    in the tensors' dtype, and one host synchronization (the float). Its sum of squares
+    in the tensors' dtype, and one host synchronization (the float); over DTensor shards (FSDP2)
+    it is the norm of the full tensors (:func:`samhess.optim.dtensors.global_norm`). Its sum of squares
     overflows float32 once the norm passes ~1.8e19, which gradients carrying a large
     GradScaler scale can reach while every entry is still finite; that rare case is recomputed
     in float64.
     """
-    norms = torch._foreach_norm(tensors)
-    device, dtype = norms[0].device, norms[0].dtype
-    if all(n.dtype == dtype and n.device == device for n in norms):
-        norm = torch.linalg.vector_norm(torch.stack(norms))
-    else:
-        if any(n.dtype != dtype for n in norms):
-            dtype = torch.float32
-        norm = torch.linalg.vector_norm(
-            torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
+    norm = global_norm(tensors)
     value = norm.item()
     if math.isfinite(value) or not all(torch.isfinite(t).all() for t in tensors):
         return norm, value
-    wide = [torch.linalg.vector_norm(t, dtype=torch.float64).to(device) for t in tensors]
-    norm = torch.linalg.vector_norm(torch.stack(wide))
+    norm = global_norm(tensors, dtype=torch.float64)
     return norm, norm.item()
 
 
@@ -438,11 +431,13 @@ class SAM(Optimizer):
             if group.get("maximize", False):
                 coefficient = -coefficient
             self._save_weights(plan.params)
+            # elementwise on each rank's shard when the parameters are DTensors (FSDP2)
             if plan.plain_params:
-                torch._foreach_add_(plan.plain_params, plan.plain_directions, alpha=coefficient)
+                torch._foreach_add_(local_shards(plan.plain_params),
+                                    local_shards(plan.plain_directions), alpha=coefficient)
             if plan.scaled_params:
-                torch._foreach_addcmul_(plan.scaled_params, plan.scales, plan.scaled_directions,
-                                        value=coefficient)
+                torch._foreach_addcmul_(local_shards(plan.scaled_params), local_shards(plan.scales),
+                                        local_shards(plan.scaled_directions), value=coefficient)
         return True
 
     def _descent_gradients(self, groups: list[StepGroup]) -> None:
@@ -493,7 +488,7 @@ class SAM(Optimizer):
 
     def _save_weights(self, params: list[torch.Tensor]) -> None:
         """Remember ``params``' current values; the step puts them back before the base step."""
-        torch._foreach_copy_(self._weight_buffers(params), params)
+        torch._foreach_copy_(self._weight_buffers(params), local_shards(params))
         self._perturbed_params.extend(params)
 
     def _weight_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -504,11 +499,12 @@ class SAM(Optimizer):
     def _buffers_for(
         store: dict[torch.Tensor, torch.Tensor], params: list[torch.Tensor]
     ) -> list[torch.Tensor]:
+        # shaped like this rank's shard when the parameters are DTensors (FSDP2)
         buffers = []
-        for p in params:
+        for p, shard in zip(params, local_shards(params)):
             buffer = store.get(p)
-            if buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype:
-                buffer = store[p] = torch.empty_like(p)
+            if buffer is None or buffer.shape != shard.shape or buffer.dtype != shard.dtype:
+                buffer = store[p] = torch.empty_like(shard)
             buffers.append(buffer)
         return buffers
 
@@ -599,7 +595,7 @@ class SAM(Optimizer):
             return self._base_step_due
         params = self._perturbed_params
         if params:
-            torch._foreach_copy_(params, [self._saved_weights[p] for p in params])
+            torch._foreach_copy_(local_shards(params), [self._saved_weights[p] for p in params])
         self._perturbed_params = []
         for p, grad in self._stashed_gradients:
             if p.grad is None:
