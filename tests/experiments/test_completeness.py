@@ -11,6 +11,7 @@ import pytest
 from samhess.cli import main
 
 from .conftest import run_in_process, tiny_cli_args
+from .test_report import CHROMIUM, _render
 
 #: checkpoint at every record, so a stop at the step-6 record leaves a checkpoint at step 3
 FLAGS = {"steps": 6, "track_every": 3}
@@ -89,16 +90,20 @@ def small_compare(tmp_path_factory):
     return out
 
 
+def _stop_sam_at_step_2(comparison):
+    """As if SAM had been stopped at step 2 of 4 (its last record and analysis not written)."""
+    metrics = comparison / "sam" / "seed-0" / "metrics.jsonl"
+    metrics.write_bytes(b"".join(metrics.read_bytes().splitlines(keepends=True)[:2]))
+    (comparison / "sam" / "seed-0" / "analysis" / "analysis.json").unlink()
+
+
 def test_a_comparison_with_a_member_behind_withholds_the_claims_comparing_them(
         small_compare, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(small_compare, copy)
     claims = json.loads((copy / "claims.json").read_text())
     assert [c["withheld"] for c in claims] == [False, False]
-    # As if SAM had been stopped at step 2 of 4 (its last record and analysis not written).
-    metrics = copy / "sam" / "seed-0" / "metrics.jsonl"
-    metrics.write_bytes(b"".join(metrics.read_bytes().splitlines(keepends=True)[:2]))
-    (copy / "sam" / "seed-0" / "analysis" / "analysis.json").unlink()
+    _stop_sam_at_step_2(copy)
     assert main(["report", str(copy)]) == 0
     screen = capsys.readouterr().out
     assert screen.splitlines()[:2] == [
@@ -130,3 +135,19 @@ def test_a_comparison_with_a_member_not_started_says_so(small_compare, tmp_path,
     assert main(["report", str(copy)]) == 0
     assert "sam seed 0: not started" in capsys.readouterr().out.splitlines()[1]
     assert "> - sam seed 0: not started" in (copy / "report.md").read_text()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason="headless Chromium (/usr/bin/chromium) is not installed")
+def test_an_unfinished_report_renders_with_its_banner_nothing_overflowing(small_compare,
+                                                                          tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(small_compare, copy)
+    _stop_sam_at_step_2(copy)
+    assert main(["report", str(copy)]) == 0
+    page = (copy / "report.html").read_text()
+    assert page.index('<div class="incomplete">') < page.index("<p>Task: ")
+    images, loaded, page_width, viewport, wide, wrapped = _render(
+        copy / "report.html", tmp_path / "probe.html")
+    assert images > 0 and loaded == images
+    assert page_width <= viewport and wide == 0 and wrapped == 0
