@@ -7,6 +7,8 @@ Layout of a run directory::
     timing.json        wall-clock seconds (kept apart so metrics.jsonl is reproducible)
     checkpoint.pt      model, optimizer, RNG states, step, data position, record count
     summary.json       the run's final numbers (written at the end)
+    arms/              an experiment's trajectories, one run directory each
+                       (``samhess experiment``, :mod:`samhess.experiments.trajectories`)
     analysis/          the seed analysis of the final model (analysis.json + PNGs)
     plots/             curves of the run
     report.md, report.html
@@ -48,7 +50,7 @@ CHECKPOINT_FORMAT = "samhess-checkpoint-1"
 #: Everything a run writes; ``--force`` removes these and nothing else.
 RUN_OUTPUTS = (
     CONFIG_FILE, METRICS_FILE, TIMING_FILE, CHECKPOINT_FILE, SUMMARY_FILE,
-    "report.md", "report.html", "analysis", "plots", "tensorboard",
+    "report.md", "report.html", "analysis", "plots", "tensorboard", "arms",
 )
 
 

@@ -1,0 +1,146 @@
+"""``samhess experiment NAME``: claim the directory, train every trajectory, judge, report.
+
+An experiment's directory (default ``runs/<name>``) holds::
+
+    config.json        the experiment's name and settings (what --resume compares against)
+    arms/<arm>/        one trajectory each: metrics.jsonl and checkpoint.pt
+    summary.json       settings, numbers and verdicts
+    report.md, report.html, plots/*.png
+
+The directory is handled as ``samhess run`` handles a run's (:mod:`samhess.experiments.rundir`):
+a directory holding another experiment or a run is refused unless ``--force`` replaces it, and
+``--resume`` continues only the same experiment with the same settings. The trajectories run one
+after another; a resumed experiment skips the finished ones and continues the interrupted one
+from its last checkpoint (:func:`samhess.experiments.trajectories.arms.run_arm`), so an
+experiment killed at any point and resumed writes the files of one that never stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from samhess.experiments import runfiles
+from samhess.experiments.rundir import (
+    abandon_run_dir, claim_run_dir, holds_a_record, inspect_run_dir,
+)
+from samhess.experiments.runfiles import CONFIG_FILE
+from samhess.experiments.trajectories.arms import StartPoint, arm_records, run_arm
+from samhess.experiments.trajectories.experiment import (
+    Experiment, ExperimentConfig, resolve_config,
+)
+from samhess.experiments.trajectories.interpolating import interpolating_point
+from samhess.experiments.trajectories.pages import ExperimentReport, write_report
+from samhess.experiments.trajectories.problem import Problem, build_problem
+from samhess.experiments.trajectories.registry import experiment_named
+
+__all__ = ["ARMS_DIR", "default_experiment_dir", "run_trajectory_experiment",
+           "holds_experiment", "rebuild_experiment_report"]
+
+ARMS_DIR = "arms"
+
+
+def default_experiment_dir(name: str) -> Path:
+    """``runs/<name>``."""
+    return Path("runs") / name
+
+
+class _StartStates:
+    """The states trajectories start from, each computed (or read from the cache) once."""
+
+    def __init__(self, problem: Problem, config: ExperimentConfig, quiet: bool):
+        self.problem, self.config, self.quiet = problem, config, quiet
+        self._states: dict[StartPoint, Mapping[str, torch.Tensor]] = {}
+
+    def __call__(self, start: StartPoint) -> Mapping[str, torch.Tensor]:
+        if start not in self._states:
+            if start is StartPoint.INITIALIZATION:
+                self._states[start] = self.problem.new_model().state_dict()
+            else:
+                self._states[start] = interpolating_point(self.problem, self.config,
+                                                          quiet=self.quiet).state
+        return self._states[start]
+
+
+def _problem(config: ExperimentConfig) -> Problem:
+    return build_problem(config["examples"], config["width"], config["seed"])
+
+
+def run_trajectory_experiment(experiment: Experiment, config: ExperimentConfig, out: str | Path,
+                              *, resume: bool = False, force: bool = False,
+                              quiet: bool = False) -> ExperimentReport:
+    """Train every trajectory of ``experiment`` into ``out`` and write its report.
+
+    A new experiment that fails before any trajectory wrote a record removes what it wrote (and
+    ``out`` if it created it); with ``resume`` and nothing in ``out`` it starts afresh and says
+    so on stderr.
+
+    Raises:
+        ValueError: ``out`` holds something else, a checkpoint is damaged, or a trajectory
+            diverged; the message is one line.
+    """
+    out = Path(out)
+    decision = inspect_run_dir(out, config, resume=resume, force=force)
+    problem = _problem(config)
+    arms = experiment.arms(config)
+    if resume and decision == "fresh":
+        print(f"samhess: no experiment found in {out}; starting a fresh one", file=sys.stderr)
+    created = decision == "fresh" and not out.exists()
+    claim_run_dir(out, config, decision)
+    starts = _StartStates(problem, config, quiet)
+    try:
+        for index, arm in enumerate(arms, start=1):
+            run_arm(arm, out / ARMS_DIR / arm.name, problem, starts, seed=config["seed"],
+                    resume=decision == "continue", quiet=quiet,
+                    desc=f"{experiment.name} {index}/{len(arms)} {arm.label}")
+    except BaseException:
+        if decision != "continue" and not any(holds_a_record(out / ARMS_DIR / arm.name)
+                                              for arm in arms):
+            abandon_run_dir(out, created)
+        raise
+    return _report(out, experiment, config)
+
+
+def _report(out: Path, experiment: Experiment, config: ExperimentConfig) -> ExperimentReport:
+    records = {arm.name: arm_records(out / ARMS_DIR / arm.name)
+               for arm in experiment.arms(config)}
+    return write_report(out, experiment, config, experiment.findings(config, records))
+
+
+def _stored_config(directory: Path) -> dict[str, Any] | None:
+    path = directory / CONFIG_FILE
+    if not path.exists():
+        return None
+    stored = runfiles.read_json(path)
+    return stored if isinstance(stored, dict) and "experiment" in stored else None
+
+
+def holds_experiment(directory: str | Path) -> bool:
+    """Whether ``directory`` holds an experiment's files (its ``config.json`` names one)."""
+    return _stored_config(Path(directory)) is not None
+
+
+def rebuild_experiment_report(directory: str | Path) -> ExperimentReport:
+    """Rebuild the report of the experiment in ``directory`` from its records.
+
+    Raises:
+        ValueError: ``directory`` holds no experiment, or one whose trajectories are unfinished.
+    """
+    directory = Path(directory)
+    stored = _stored_config(directory)
+    if stored is None:
+        raise ValueError(f"{directory} holds no experiment")
+    stored = dict(stored)
+    experiment = experiment_named(stored.pop("experiment"))
+    config = resolve_config(experiment, {}, stored, source="config.json")
+    for arm in experiment.arms(config):
+        records = arm_records(directory / ARMS_DIR / arm.name)
+        if not records or records[-1]["step"] != arm.steps:
+            raise ValueError(f"{directory} has unfinished trajectories; finish them with "
+                             f"samhess experiment {experiment.name} --resume --out {directory}")
+    return _report(directory, experiment, config)
