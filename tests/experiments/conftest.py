@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
 import pytest
 
 #: Flags of a run that takes seconds: digits, the default MLP, few steps, tiny curvature budgets.
@@ -55,3 +61,15 @@ def tiny_compare(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "cmp"
     assert main(["compare", "--out", str(out), *TINY_COMPARE_ARGS]) == 0
     return out
+
+
+def sigkill_when(process: subprocess.Popen, ready: Callable[[], bool],
+                 timeout: float = 120.0) -> None:
+    """``kill -9`` ``process`` as soon as ``ready()`` (polled every 10 ms), while it still runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None and not ready():
+        time.sleep(0.01)
+    assert process.poll() is None, "the process ended before it could be killed mid-way"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL

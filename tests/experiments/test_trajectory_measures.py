@@ -80,7 +80,7 @@ def _plain_descent(problem, lr, target):
     params = list(model.parameters())
     for step in range(100_000):
         loss = problem.loss_fn(model(problem.inputs), problem.targets)
-        if float(loss) <= target:
+        if float(loss.detach()) <= target:
             return step, [p.detach().clone() for p in params]
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():

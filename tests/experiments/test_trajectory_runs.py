@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,8 @@ from samhess.experiments.trajectories import EXPERIMENTS, experiment_named, reso
 from samhess.experiments.trajectories import arms as arms_module
 from samhess.experiments.trajectories.registry import experiments_markdown
 from samhess.experiments.trajectories.runner import run_trajectory_experiment
+
+from .conftest import sigkill_when
 
 #: A problem that takes a second: 16 digits, width 4, a loose starting point.
 TINY = {"examples": 16, "width": 4, "seed": 1}
@@ -98,7 +97,7 @@ def test_each_writes_its_documented_files(finished, name):
     assert all(v["holds"] in (True, False, None) for v in summary["verdicts"])
     text = (out / "report.md").read_text()
     for claim in report.findings.claims:
-        assert f"**{claim.verdict}**: {claim.claim}" in text
+        assert f"**{claim.verdict}**: {claim.claim}; {claim.evidence}." in text
     for figure in report.findings.figures:
         assert (out / "plots" / figure.filename).read_bytes() == figure.png
     for arm in experiment_named(name).arms(resolve_config(experiment_named(name), {},
@@ -229,16 +228,8 @@ def test_resume_after_sigkill_equals_a_straight_run(tmp_path, cache_dir):
         args += [f"--{key.replace('_', '-')}", str(value)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = killed / "arms" / "sam" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
     # Kill once a checkpoint past step 0 is on disk and records after it are being written.
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and metrics.read_bytes().count(b"\n") >= 50:
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the experiment ended before it could be killed mid-way"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
+    sigkill_when(process, lambda: metrics.exists() and metrics.read_bytes().count(b"\n") >= 50)
     assert metrics.read_bytes().count(b"\n") < 601
     resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -301,3 +292,20 @@ def test_help_lists_every_experiment(capsys):
 def test_docs_hold_the_generated_settings_tables():
     text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     assert experiments_markdown() in text
+
+
+def test_a_config_file_sets_an_experiment_and_its_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.toml").write_text("steps = 0\n")
+    assert main(["experiment", "edge-of-stability", "--config", "bad.toml"]) == 2
+    assert "config file: steps = 0 is invalid: must be >= 1" in capsys.readouterr().err
+    (tmp_path / "typo.toml").write_text("lr = 0.5\n")
+    assert main(["experiment", "edge-of-stability", "--config", "typo.toml"]) == 2
+    assert "unknown key 'lr' (did you mean 'lrs'?)" in capsys.readouterr().err
+    settings = {**SHORT["edge-of-stability"], "steps": 10, "lrs": [0.5]}
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    (tmp_path / "short.toml").write_text("\n".join([*lines, 'out = "from-file"', ""]))
+    assert main(["experiment", "edge-of-stability", "--config", "short.toml", "--steps", "5",
+                 "--quiet"]) == 0
+    stored = json.loads((tmp_path / "from-file" / "config.json").read_text())
+    assert stored["steps"] == 5 and stored["lrs"] == [0.5] and stored["width"] == 4

@@ -45,12 +45,14 @@ TIMING_FILE = "timing.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 COMPARE_FILE = "compare.json"
+#: An experiment's trajectories, one run directory each (``samhess experiment``).
+ARMS_DIR = "arms"
 CHECKPOINT_FORMAT = "samhess-checkpoint-1"
 
 #: Everything a run writes; ``--force`` removes these and nothing else.
 RUN_OUTPUTS = (
     CONFIG_FILE, METRICS_FILE, TIMING_FILE, CHECKPOINT_FILE, SUMMARY_FILE,
-    "report.md", "report.html", "analysis", "plots", "tensorboard", "arms",
+    "report.md", "report.html", "analysis", "plots", "tensorboard", ARMS_DIR,
 )
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "setting_label",
     "invalid",
     "settings_by_name",
+    "by_unique_name",
     "normalize_key",
     "check_values",
     "markdown_row",
@@ -227,14 +228,23 @@ def invalid(key: str, value: object, requirement: str, source: str) -> ValueErro
     return ValueError(f"{setting_label(key, value, source)} is invalid: {requirement}")
 
 
+def by_unique_name(declarations: Sequence[Any], what: str) -> dict[str, Any]:
+    """``{declaration.name: declaration}``, refusing two declarations of one name.
+
+    Raises:
+        ValueError: two declarations share a name (``what`` says of what).
+    """
+    out: dict[str, Any] = {}
+    for declaration in declarations:
+        if declaration.name in out:
+            raise ValueError(f"{what} {declaration.name!r} is declared twice")
+        out[declaration.name] = declaration
+    return out
+
+
 def settings_by_name(settings: Sequence[Setting]) -> Mapping[str, Setting]:
     """``{name: setting}``, refusing two declarations of one name."""
-    out: dict[str, Setting] = {}
-    for setting in settings:
-        if setting.name in out:
-            raise ValueError(f"setting {setting.name!r} is declared twice")
-        out[setting.name] = setting
-    return out
+    return by_unique_name(settings, "setting")
 
 
 def normalize_key(key: object, source: str) -> str:

@@ -16,9 +16,10 @@ numbers:
 * ``ire-manifold`` (Wang et al., NeurIPS 2024): SAM-IRE lowers Tr H (1 + kappa) times as fast
   as SAM.
 
-Modules: :mod:`.experiment` (the declaration), :mod:`.registry`, :mod:`.problem`,
-:mod:`.shared_settings`, :mod:`.interpolating` (the cached starting point), :mod:`.arms` (one resumable trajectory),
-:mod:`.measures`, :mod:`.runner` (the directory, the trajectories, the report), :mod:`.pages`.
+Modules: :mod:`.experiment` (the declaration), :mod:`.registry`, :mod:`.shared_settings`,
+:mod:`.problem`, :mod:`.interpolating` (the cached starting point), :mod:`.arms` (one
+resumable trajectory), :mod:`.measures`, :mod:`.runner` (the directory, the trajectories, the
+report), :mod:`.pages`, and one module per experiment.
 This package's namespace holds the declarations only, which load without torch; the runner is
 imported from :mod:`.runner`.
 """

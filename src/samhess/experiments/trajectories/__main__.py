@@ -1,4 +1,4 @@
-"""``python -m samhess.experiments.trajectories``: the experiments' settings tables of docs/cli.md."""
+"""``python -m samhess.experiments.trajectories``: the settings tables of docs/cli.md."""
 
 from samhess.experiments.trajectories.registry import experiments_markdown
 

@@ -131,9 +131,11 @@ def arms(config: ExperimentConfig) -> tuple[Arm, ...]:
     common = {"batch_size": config["batch_size"], "steps": config["steps"],
               "record_every": config["record_every"], "start": StartPoint.INTERPOLATING,
               "measure": CurvatureMeasure}
-    return (Arm(BASE, "SAM", optimizer_kind("sam").colour, "sam", sam_hp, **common),
-            Arm(VARIANT, "SAM-IRE", optimizer_kind("sam-ire").colour, "sam-ire", ire_hp,
-                mask_on_all_examples=True, **common))
+    batch = config["batch_size"]
+    return (Arm(BASE, f"SAM, batch {batch}", optimizer_kind("sam").colour, "sam", sam_hp,
+                **common),
+            Arm(VARIANT, f"SAM-IRE, batch {batch}", optimizer_kind("sam-ire").colour, "sam-ire",
+                ire_hp, mask_on_all_examples=True, **common))
 
 
 def findings(config: ExperimentConfig, records: Records) -> Findings:

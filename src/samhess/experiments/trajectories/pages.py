@@ -90,7 +90,7 @@ def _markdown(experiment: Experiment, config: ExperimentConfig, findings: Findin
              f"Claim: {experiment.claim}", "",
              f"Settings (`samhess experiment {experiment.name}`): {_settings_line(config)}.", "",
              _markdown_table(findings.table), "", "## Verdicts", ""]
-    lines += [f"- **{claim.verdict}**: {claim.claim}. {claim.evidence}." for claim in
+    lines += [f"- **{claim.verdict}**: {claim.claim}; {claim.evidence}." for claim in
               findings.claims]
     lines.append("")
     lines += [*findings.notes, ""] if findings.notes else []
@@ -115,7 +115,7 @@ def _html(experiment: Experiment, config: ExperimentConfig, findings: Findings) 
     parts += ["</table>", "<h2>Verdicts</h2>", "<ul>"]
     for claim in findings.claims:
         css = {True: "holds", False: "fails", None: ""}[claim.holds]
-        parts.append(f'<li><span class="{css}">{claim.verdict}</span>: {esc(claim.claim)}. '
+        parts.append(f'<li><span class="{css}">{claim.verdict}</span>: {esc(claim.claim)}; '
                      f"{esc(claim.evidence)}.</li>")
     parts.append("</ul>")
     parts += [f'<p class="note">{esc(note)}</p>' for note in findings.notes]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from samhess.experiments.settings import Setting, markdown_row
+from samhess.experiments.settings import Setting, by_unique_name, markdown_row
 from samhess.experiments.trajectories.experiment import Experiment
 from samhess.experiments.trajectories.shared_settings import (
     AMPLIFICATION, BATCH_SIZE, CHECKPOINT_EVERY, EIGENVECTOR_EVERY, FLAT_SHARE, LEARNING_RATE,
@@ -22,6 +22,10 @@ from samhess.experiments.trajectories.shared_settings import (
 __all__ = ["EXPERIMENTS", "experiment_named", "experiments_markdown"]
 
 _PACKAGE = "samhess.experiments.trajectories."
+#: SAM near the manifold: the learning rate and radius of the trajectories that start from the
+#: near-interpolating point.
+_NEAR_MANIFOLD = (*PROBLEM_SETTINGS, *START_SETTINGS, with_default(LEARNING_RATE, 0.02),
+                  with_default(RADIUS, 0.1))
 
 SHARPNESS_REGULARIZERS = Experiment(
     name="sharpness-regularizers",
@@ -30,9 +34,7 @@ SHARPNESS_REGULARIZERS = Experiment(
               "ICLR 2023",
     claim="near the manifold of minimizers, full-batch SAM minimizes lambda_max and 1-SAM "
           "(batch 1) minimizes Tr H.",
-    settings=(*PROBLEM_SETTINGS, *START_SETTINGS,
-              with_default(STEPS, 10_000), with_default(LEARNING_RATE, 0.02),
-              with_default(RADIUS, 0.1), with_default(RECORD_EVERY, 500)),
+    settings=(*_NEAR_MANIFOLD, with_default(STEPS, 10_000), with_default(RECORD_EVERY, 500)),
     module=_PACKAGE + "sharpness_regularizers",
 )
 
@@ -43,9 +45,8 @@ BOUNCING = Experiment(
               "Minimization: Bouncing Across Ravines and Drifting Towards Wide Minima. JMLR 2023",
     claim="full-batch SAM settles into a 2-cycle across the top eigenvector v_1: the sign of "
           "<g, v_1> alternates and ||g|| = eta rho lambda^2 / (2 - eta lambda).",
-    settings=(*PROBLEM_SETTINGS, *START_SETTINGS,
-              with_default(STEPS, 10_000), with_default(LEARNING_RATE, 0.02),
-              with_default(RADIUS, 0.1), EIGENVECTOR_EVERY, CHECKPOINT_EVERY),
+    settings=(*_NEAR_MANIFOLD, with_default(STEPS, 10_000), EIGENVECTOR_EVERY,
+              CHECKPOINT_EVERY),
     module=_PACKAGE + "bouncing",
 )
 
@@ -70,9 +71,8 @@ IRE_MANIFOLD = Experiment(
               "NeurIPS 2024",
     claim="near the manifold of minimizers, SAM-IRE lowers Tr H about 1 + kappa times as fast "
           "as SAM.",
-    settings=(*PROBLEM_SETTINGS, *START_SETTINGS,
-              with_default(STEPS, 5000), with_default(LEARNING_RATE, 0.02),
-              with_default(RADIUS, 0.1), BATCH_SIZE, AMPLIFICATION, FLAT_SHARE,
+    settings=(*_NEAR_MANIFOLD, with_default(STEPS, 5000), BATCH_SIZE, AMPLIFICATION,
+              FLAT_SHARE,
               with_default(MASK_REFRESH_EVERY, 10, help="steps between IRE mask refreshes "
                            "(sampled-label Fisher diagonal on all examples)"),
               with_default(RECORD_EVERY, 100)),
@@ -80,22 +80,9 @@ IRE_MANIFOLD = Experiment(
 )
 
 
-def _by_name(*experiments: Experiment) -> dict[str, Experiment]:
-    out: dict[str, Experiment] = {}
-    for experiment in experiments:
-        if experiment.name in out:
-            raise ValueError(f"experiment {experiment.name!r} is registered twice")
-        out[experiment.name] = experiment
-    return out
-
-
 #: Every experiment by name, in the order of ``--help`` and the docs.
-EXPERIMENTS: Mapping[str, Experiment] = _by_name(
-    SHARPNESS_REGULARIZERS,
-    BOUNCING,
-    EDGE_OF_STABILITY,
-    IRE_MANIFOLD,
-)
+EXPERIMENTS: Mapping[str, Experiment] = by_unique_name(
+    (SHARPNESS_REGULARIZERS, BOUNCING, EDGE_OF_STABILITY, IRE_MANIFOLD), "experiment")
 
 
 def experiment_named(name: str) -> Experiment:

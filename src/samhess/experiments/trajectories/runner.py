@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from samhess.experiments import runfiles
 from samhess.experiments.rundir import (
     abandon_run_dir, claim_run_dir, holds_a_record, inspect_run_dir,
 )
-from samhess.experiments.runfiles import CONFIG_FILE
+from samhess.experiments.runfiles import ARMS_DIR, CONFIG_FILE
 from samhess.experiments.trajectories.arms import StartPoint, arm_records, run_arm
 from samhess.experiments.trajectories.experiment import (
     Experiment, ExperimentConfig, resolve_config,
@@ -39,10 +38,8 @@ from samhess.experiments.trajectories.pages import ExperimentReport, write_repor
 from samhess.experiments.trajectories.problem import Problem, build_problem
 from samhess.experiments.trajectories.registry import experiment_named
 
-__all__ = ["ARMS_DIR", "default_experiment_dir", "run_trajectory_experiment",
-           "holds_experiment", "rebuild_experiment_report"]
-
-ARMS_DIR = "arms"
+__all__ = ["default_experiment_dir", "run_trajectory_experiment", "holds_experiment",
+           "rebuild_experiment_report"]
 
 
 def default_experiment_dir(name: str) -> Path:

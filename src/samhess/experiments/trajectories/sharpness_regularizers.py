@@ -163,5 +163,7 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
                     draw_png(draw, ncols=3, size=(13.0, 4.0)))
     notes = ["Drops are relative, (start - end) / start, from the near-interpolating point to "
              "the last step; a negative drop is a rise. Tr H is exact (the sum of the Hessian's "
-             "diagonal), lambda_max converged Lanczos."]
+             "diagonal), lambda_max converged Lanczos. The first two comparisons are made after "
+             "the same number of steps, so they also compare how fast the two flows run; the "
+             "third compares their directions only."]
     return Findings({"arms": results}, regularizer_claims(drops), table, [figure], notes)
