@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from samhess.experiments import runfiles
-from samhess.experiments.report import (
-    _CSS, _default_style, _figure, _markdown_table, _png_bytes, _text_table,
-)
+from samhess.experiments.report import _CSS, _default_style, _figure, _png_bytes, _text_table
 from samhess.experiments.runfiles import SUMMARY_FILE
+from samhess.experiments.settings import markdown_row
 from samhess.experiments.trajectories.arms import Arm
 from samhess.experiments.trajectories.experiment import (
     Experiment, ExperimentConfig, Findings, Records,
@@ -83,6 +82,13 @@ def _value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_value(item) for item in value)
     return str(value)
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    """The table in markdown, ``|`` inside a cell (``||g||``) escaped, numbers right-aligned."""
+    lines = [markdown_row(*rows[0]), "| " + " | ".join(["---"] + ["---:"] * (len(rows[0]) - 1))
+             + " |"]
+    return "\n".join(lines + [markdown_row(*row) for row in rows[1:]])
 
 
 def _markdown(experiment: Experiment, config: ExperimentConfig, findings: Findings) -> str:
