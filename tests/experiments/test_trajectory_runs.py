@@ -30,6 +30,8 @@ SHORT = {
                  "checkpoint_every": 10},
     "edge-of-stability": {**TINY, "steps": 40, "lrs": [0.5, 1.5], "record_every": 5},
     "ire-manifold": {**TINY, **TINY_START, "steps": 30, "record_every": 5, "gamma": 0.5},
+    "m-sharpness": {**TINY, "steps": 30, "batch_size": 16, "micro_batch_sizes": [1, 4, 16],
+                    "record_every": 5},
 }
 
 
@@ -51,7 +53,8 @@ def run_short(name: str, out: Path, cache_dir: Path, *, resume: bool = False,
 
 
 def records(out: Path, arm: str) -> list[dict]:
-    lines = (out / "arms" / arm / "metrics.jsonl").read_text().splitlines()
+    directory = out / "arms" / arm if (out / "arms").exists() else out / arm
+    lines = (directory / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
 
@@ -166,6 +169,35 @@ def test_ire_speedups_are_those_of_the_records(finished):
 
 
 @pytest.mark.slow
+def test_m_sharpness_compares_the_records_at_their_matched_loss(finished, tmp_path):
+    out, report = finished("m-sharpness")
+    runs = {size: records(out, f"m-{size}") for size in (1, 4, 16)}
+    loss = max(min(r["train_loss"] for r in run) for run in runs.values())
+    results = report.summary["results"]
+    assert results["matched_train_loss"] == loss
+    for size, run in runs.items():
+        entry = results["trajectories"][f"m-{size}"]
+        after = next(i for i, r in enumerate(run) if r["train_loss"] <= loss)
+        low, high = run[after - 1], run[after]
+        for key in ("lambda_max", "hessian_trace"):
+            value = entry[f"{key}_at_matched_loss"]
+            assert min(low[key], high[key]) - 1e-12 <= value <= max(low[key], high[key]) + 1e-12
+    # one micro-batch of the whole batch is SAM: the trajectory of the registry's sam kind
+    from samhess.experiments.trajectories.arms import Arm, StartPoint, run_arm
+    from samhess.experiments.trajectories.measures import CurvatureMeasure
+    from samhess.experiments.trajectories.problem import build_problem
+
+    problem = build_problem(16, 4, 1)
+    sam = Arm("sam", "SAM", "#000000", "sam", {"lr": 0.2, "rho": 0.05}, 16, 30, 5,
+              StartPoint.INITIALIZATION, CurvatureMeasure)
+    with torch_threads(1):
+        run_arm(sam, tmp_path / "sam", problem, lambda start: problem.new_model().state_dict(),
+                seed=1, resume=False, quiet=True)
+    for mine, theirs in zip(records(out, "m-16"), records(tmp_path, "sam")):
+        assert mine == pytest.approx(theirs, rel=1e-9)
+
+
+@pytest.mark.slow
 def test_report_rebuilds_byte_identically(finished, tmp_path, capsys):
     import shutil
 
@@ -272,6 +304,9 @@ def test_a_new_experiment_that_fails_before_its_first_record_leaves_nothing(tmp_
     (["experiment", "edge-of-stability", "--lrs", "0.5,-1"], "every element must be > 0"),
     (["experiment", "ire-manifold", "--examples", "16", "--batch-size", "17"],
      "--batch-size 17 is invalid: it must be at most --examples (16)"),
+    (["experiment", "m-sharpness", "--micro-batch-sizes", "1,3"],
+     "--micro-batch-sizes 3 is invalid: it must divide --batch-size (128)"),
+    (["experiment", "m-sharpness", "--micro-batch-sizes", "1,2.5"], "must be a whole number"),
 ])
 def test_usage_errors_are_one_line(tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)

@@ -15,8 +15,8 @@ from samhess.experiments.settings import Setting, by_unique_name, markdown_row
 from samhess.experiments.trajectories.experiment import Experiment
 from samhess.experiments.trajectories.shared_settings import (
     AMPLIFICATION, BATCH_SIZE, CHECKPOINT_EVERY, EIGENVECTOR_EVERY, FLAT_SHARE, LEARNING_RATE,
-    LEARNING_RATES, MASK_REFRESH_EVERY, PROBLEM_SETTINGS, RADIUS, RECORD_EVERY, START_SETTINGS,
-    STEPS, with_default,
+    LEARNING_RATES, MASK_REFRESH_EVERY, MICRO_BATCH_SIZES, PROBLEM_SETTINGS, RADIUS, RECORD_EVERY,
+    START_SETTINGS, STEPS, with_default,
 )
 
 __all__ = ["EXPERIMENTS", "experiment_named", "experiments_markdown"]
@@ -63,6 +63,20 @@ EDGE_OF_STABILITY = Experiment(
     module=_PACKAGE + "edge_of_stability",
 )
 
+M_SHARPNESS = Experiment(
+    name="m-sharpness",
+    title="Do perturbations from smaller micro-batches end flatter?",
+    reference="P. Foret, A. Kleiner, H. Mobahi, B. Neyshabur. Sharpness-Aware Minimization for "
+              "Efficiently Improving Generalization. ICLR 2021 (m-sharpness); M. Andriushchenko, "
+              "N. Flammarion. Towards Understanding Sharpness-Aware Minimization. ICML 2022",
+    claim="SAM whose perturbation comes from smaller micro-batches (m-SAM) ends flatter at the "
+          "same train loss.",
+    settings=(*PROBLEM_SETTINGS, with_default(STEPS, 2000), with_default(LEARNING_RATE, 0.2),
+              with_default(RADIUS, 0.05), with_default(BATCH_SIZE, 128), MICRO_BATCH_SIZES,
+              with_default(RECORD_EVERY, 200)),
+    module=_PACKAGE + "m_sharpness",
+)
+
 IRE_MANIFOLD = Experiment(
     name="ire-manifold",
     title="Does IRE speed up SAM's descent of Tr H along the manifold?",
@@ -82,7 +96,8 @@ IRE_MANIFOLD = Experiment(
 
 #: Every experiment by name, in the order of ``--help`` and the docs.
 EXPERIMENTS: Mapping[str, Experiment] = by_unique_name(
-    (SHARPNESS_REGULARIZERS, BOUNCING, EDGE_OF_STABILITY, IRE_MANIFOLD), "experiment")
+    (SHARPNESS_REGULARIZERS, BOUNCING, EDGE_OF_STABILITY, M_SHARPNESS, IRE_MANIFOLD),
+    "experiment")
 
 
 def experiment_named(name: str) -> Experiment:
