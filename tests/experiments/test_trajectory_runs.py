@@ -100,7 +100,7 @@ def test_each_writes_its_documented_files(finished, name):
     assert all(v["holds"] in (True, False, None) for v in summary["verdicts"])
     text = (out / "report.md").read_text()
     for claim in report.findings.claims:
-        assert f"**{claim.verdict}**: {claim.claim}; {claim.evidence}." in text
+        assert f"**{claim.verdict}**: {claim.claim}. {claim.evidence}." in text
     for figure in report.findings.figures:
         assert (out / "plots" / figure.filename).read_bytes() == figure.png
     for arm in experiment_named(name).arms(resolve_config(experiment_named(name), {},

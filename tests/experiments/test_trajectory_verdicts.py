@@ -124,29 +124,12 @@ def test_ire_verdicts_against_one_plus_kappa():
     assert _verdicts(ire_manifold.ire_claims(None, 1.0)) == [None, None]
 
 
-def _loss_records(losses, values, every=100):
-    return [{"step": every * i, "train_loss": loss, "hessian_trace": value}
-            for i, (loss, value) in enumerate(zip(losses, values))]
-
-
-def test_values_at_a_matched_loss_interpolate_in_log_loss():
-    records = _loss_records([1e-1, 1e-2, 1e-3], [10.0, 20.0, 40.0])
-    # 10^-1.5 lies halfway between 1e-1 and 1e-2 in log loss
-    assert m_sharpness.value_at_loss(records, "hessian_trace", 10**-1.5) == pytest.approx(15.0)
-    assert m_sharpness.value_at_loss(records, "hessian_trace", 1e-3) == pytest.approx(40.0)
-    assert m_sharpness.value_at_loss(records, "hessian_trace", 1.0) == 10.0
-    assert m_sharpness.value_at_loss(records, "hessian_trace", 1e-4) is None
-    other = _loss_records([1e-1, 5e-3], [1.0, 2.0])
-    assert m_sharpness.matched_loss([records, other]) == 5e-3
-    assert m_sharpness.matched_loss([records, []]) is None
-
-
 def test_m_sharpness_verdicts():
     Row = m_sharpness.AtMatchedLoss
     claims = m_sharpness.m_sharpness_claims([Row(128, 1.8, 46.0), Row(1, 1.9, 39.0),
                                              Row(8, 2.9, 48.0), Row(32, 2.3, 49.0)])
     assert _verdicts(claims) == [True, False]
-    assert "39 (m = 1), 48 (m = 8), 49 (m = 32), 46 (m = 128)" in claims[0].evidence
+    assert "At m = 1, 8, 32, 128 Tr H is 39, 48, 49, 46" in claims[0].evidence
     assert "does not rise monotonically" in claims[0].evidence
     claims = m_sharpness.m_sharpness_claims([Row(1, 1.0, 10.0), Row(4, 2.0, 20.0)])
     assert _verdicts(claims) == [True, True] and "it rises monotonically" in claims[1].evidence

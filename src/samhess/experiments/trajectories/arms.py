@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch
 from samhess.experiments import runfiles
 from samhess.experiments.checkpoint import RunState, read_checkpoint
 from samhess.experiments.optimizer_kinds import build_optimizer, optimizer_kind
-from samhess.experiments.progress import progress_bar, progress_enabled
+from samhess.experiments.progress import RunProgress, progress_enabled
 from samhess.experiments.runfiles import CHECKPOINT_FILE, METRICS_FILE, MetricsLog
 from samhess.experiments.task import LABELS, PROBES, BatchOrder, derived_seed
 from samhess.experiments.training_step import StepContext, refresh_ire_mask, training_step
@@ -170,18 +171,22 @@ def run_arm(arm: Arm, directory: Path, problem: Problem,
     order = BatchOrder(*problem.data, arm.batch_size, seed)
     every = arm.checkpoint_every or arm.record_every
 
+    bar = RunProgress(desc=desc or arm.label, steps=arm.steps, step=state.step,
+                      records=_records_left(arm, state), layer_records=0, analysis=False,
+                      enabled=progress_enabled(quiet))
+
     def record() -> None:
-        log.append({"step": state.step, **trajectory.measure(model, state.step)})
+        with bar.phase(f"record at step {state.step}", "record"):
+            log.append({"step": state.step, **trajectory.measure(model, state.step)})
         state.records += 1
 
-    if state.step == 0 and state.records == 0:
-        record()
-        runfiles.save_checkpoint(path, _checkpoint(trajectory))
-    bar = progress_bar(total=arm.steps, initial=state.step, desc=desc or arm.label,
-                       enabled=progress_enabled(quiet), unit="step")
     try:
+        if state.step == 0 and state.records == 0:
+            record()
+            runfiles.save_checkpoint(path, _checkpoint(trajectory))
         model.train()
         while state.step < arm.steps:
+            started = time.perf_counter()
             if arm.mask_on_all_examples:
                 refresh_ire_mask(context, problem.data)
             loss = training_step(context, order.batch(state.step))
@@ -189,13 +194,20 @@ def run_arm(arm: Arm, directory: Path, problem: Problem,
                 raise ValueError(f"the {arm.label} trajectory diverged at step {state.step} "
                                  f"(loss {loss}); lower its learning rate or radius")
             state.step += 1
+            bar.trained(time.perf_counter() - started, loss)
             if state.step % arm.record_every == 0 or state.step == arm.steps:
                 record()
             if state.step % every == 0 or state.step == arm.steps:
                 runfiles.save_checkpoint(path, _checkpoint(trajectory))
-            bar.update(1)
     finally:
         bar.close()
+
+
+def _records_left(arm: Arm, state: RunState) -> int:
+    """The records still to take: step 0's if not yet taken, and those of the steps to come."""
+    later = sum(1 for step in range(state.step + 1, arm.steps + 1)
+                if step % arm.record_every == 0 or step == arm.steps)
+    return later + (state.step == 0 and state.records == 0)
 
 
 def arm_records(directory: Path) -> list[dict[str, Any]]:

@@ -44,10 +44,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from samhess.experiments.optimizer_kinds import optimizer_kind
-from samhess.experiments.report import Claim
+from samhess.experiments.report_claims import Claim
+from samhess.experiments.report_pages import Image
 from samhess.experiments.trajectories.arms import Arm, StartPoint
 from samhess.experiments.trajectories.experiment import (
-    ExperimentConfig, Figure, Findings, Records,
+    ExperimentConfig, Findings, Records,
 )
 from samhess.experiments.trajectories.measures import BounceMeasure
 from samhess.experiments.trajectories.pages import draw_png
@@ -92,22 +93,22 @@ def bouncing_claims(flips: float | None, alignment: float | None, cycle_ratio: f
         alignment: the median |<g_hat, v_1>|.
         cycle_ratio: the median ||g|| over the cycle's eta rho lambda^2 / (2 - eta lambda).
     """
-    unmeasured = "not measured"
+    unmeasured = "Not measured"
     return [
         Claim(f"SAM bounces across the top eigendirection: the sign of <g, v_1> flips on at "
               f"least {flip_threshold:.0%} of consecutive steps",
               None if flips is None else flips >= flip_threshold,
-              unmeasured if flips is None else f"it flips on {flips:.1%} of them"),
+              unmeasured if flips is None else f"It flips on {flips:.1%} of them"),
         Claim(f"the bounce has the size of the 2-cycle: ||g|| = eta rho lambda^2 / "
               f"(2 - eta lambda) within {cycle_tolerance:.0%}",
               None if cycle_ratio is None else abs(cycle_ratio - 1) <= cycle_tolerance,
               unmeasured if cycle_ratio is None
-              else f"the median ratio of ||g|| to it is {cycle_ratio:.3f}"),
+              else f"The median ratio of ||g|| to it is {cycle_ratio:.3f}"),
         Claim(f"as in the quadratic, the gradient lies mostly along v_1 "
               f"(median |<g_hat, v_1>| >= {aligned:.3f})",
               None if alignment is None else alignment >= aligned,
               unmeasured if alignment is None else
-              f"the median is {alignment:.3f}, so {alignment**2:.1%} of ||g||^2 lies along v_1"),
+              f"The median is {alignment:.3f}, so {alignment**2:.1%} of ||g||^2 lies along v_1"),
     ]
 
 
@@ -153,7 +154,7 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
               "n/a" if cycle_ratio is None else f"{cycle_ratio:.3f}"],
              ["lambda_max", f"{first['lambda_max']:.4g} -> {last['lambda_max']:.4g}"],
              ["train loss", f"{first['train_loss']:.3g} -> {last['train_loss']:.3g}"]]
-    figure = Figure("bouncing.png", "The gradient along v_1, its norm against the 2-cycle, and "
+    figure = Image("bouncing.png", "The gradient along v_1, its norm against the 2-cycle, and "
                     "lambda_max", draw_png(functools.partial(_draw, run, lr, rho), ncols=2,
                                            nrows=2, size=(11.0, 7.5)))
     notes = [f"Statistics over the steps from {SETTLED_FRACTION:.0%} of the run on; v_1 is "

@@ -36,10 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from samhess.experiments.optimizer_kinds import optimizer_kind
-from samhess.experiments.report import Claim
+from samhess.experiments.report_claims import Claim
+from samhess.experiments.report_pages import Image
 from samhess.experiments.trajectories.arms import Arm, StartPoint
 from samhess.experiments.trajectories.experiment import (
-    ExperimentConfig, Figure, Findings, Records,
+    ExperimentConfig, Findings, Records,
 )
 from samhess.experiments.trajectories.measures import SharpnessMeasure
 from samhess.experiments.trajectories.pages import draw_png
@@ -90,8 +91,8 @@ def edge_claims(measurements: Sequence[EdgeMeasurement], *,
 
     def text(value: float | None, top: float | None, edge: str) -> str:
         if value is None or top is None:
-            return "not measured"
-        return f"the median of {edge} is {value:.3f} (median lambda_max {top:.3f})"
+            return "Not measured"
+        return f"The median of {edge} is {value:.3f} (median lambda_max {top:.3f})"
 
     claims = []
     for m in measurements:
@@ -159,7 +160,7 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
                       _fmt(measurement.gd), _fmt(measurement.sam_top), _fmt(grad_norm, "{:.3g}"),
                       _fmt(measurement.sam)])
     lrs = list(config["lrs"])
-    figure = Figure("edge.png", "lambda_max against 2/eta, and each optimizer's stability "
+    figure = Image("edge.png", "lambda_max against 2/eta, and each optimizer's stability "
                     "quantity against its edge",
                     draw_png(functools.partial(_draw, records, lrs, rho), ncols=len(lrs),
                              nrows=2, size=(5.0 * len(lrs), 7.5)))

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 from samhess.experiments.settings import Setting, check_values, settings_by_name
 
 if TYPE_CHECKING:
-    from samhess.experiments.report import Claim
+    from samhess.experiments.report_claims import Claim
+    from samhess.experiments.report_pages import Image
     from samhess.experiments.trajectories.arms import Arm
 
-__all__ = ["Experiment", "ExperimentConfig", "Figure", "Findings", "Records", "resolve_config"]
+__all__ = ["Experiment", "ExperimentConfig", "Findings", "Records", "resolve_config"]
 
 #: The records of each trajectory, by arm name, as ``metrics.jsonl`` holds them.
 Records = Mapping[str, Sequence[Mapping[str, Any]]]
@@ -64,15 +65,6 @@ class ExperimentConfig:
         return self.identity()
 
 
-@dataclass(frozen=True)
-class Figure:
-    """One PNG of a report: its file name, caption and bytes."""
-
-    filename: str
-    caption: str
-    png: bytes
-
-
 @dataclass
 class Findings:
     """What an experiment's records show.
@@ -81,14 +73,14 @@ class Findings:
         summary: the numbers, JSON-ready (``summary.json``'s ``results``).
         claims: the paper's claims, each HOLDS or DOES NOT HOLD with the figures behind it.
         table: a table, header row first.
-        figures: the report's figures.
+        figures: the report's figures (PNG bytes with their file names and captions).
         notes: sentences printed under the verdicts (how to read the numbers).
     """
 
     summary: dict[str, Any]
     claims: list[Claim]
     table: list[list[str]]
-    figures: list[Figure] = field(default_factory=list)
+    figures: list[Image] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 

@@ -25,14 +25,16 @@ import io
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from samhess.experiments import runfiles
-from samhess.experiments.progress import progress_bar, progress_enabled
+from samhess.experiments.progress import progress_enabled
 from samhess.experiments.trajectories.problem import Problem
 
 __all__ = ["InterpolatingPoint", "interpolating_point", "cache_directory", "point_key"]
@@ -105,8 +107,9 @@ def _descend(problem: Problem, lr: float, target: float, max_steps: int, *,
     model = problem.new_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     inputs, targets = problem.data
-    bar = progress_bar(total=max_steps, desc="near-interpolating point",
-                       enabled=progress_enabled(quiet), unit="step")
+    # The number of steps is not known in advance: a counter with the loss, not a bar.
+    bar = tqdm(desc="near-interpolating point", disable=not progress_enabled(quiet),
+               file=sys.stderr, leave=False, dynamic_ncols=True, unit="step")
     try:
         for step in range(max_steps + 1):
             optimizer.zero_grad(set_to_none=True)

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from samhess.experiments.optimizer_kinds import optimizer_kind
-from samhess.experiments.report import Claim
+from samhess.experiments.report_claims import Claim
+from samhess.experiments.report_pages import Image
 from samhess.experiments.trajectories.arms import Arm, StartPoint
 from samhess.experiments.trajectories.experiment import (
-    ExperimentConfig, Figure, Findings, Records,
+    ExperimentConfig, Findings, Records,
 )
 from samhess.experiments.trajectories.measures import CurvatureMeasure
 from samhess.experiments.trajectories.pages import draw_png, plot_series
@@ -106,7 +107,7 @@ def ire_claims(speedup: float | None, kappa: float, *,
                tolerance: float = SPEEDUP_TOLERANCE) -> list[Claim]:
     """The verdicts on the median speed-up of SAM-IRE over SAM in lowering Tr H."""
     evidence = ("SAM did not lower Tr H, or SAM-IRE did not reach its levels" if speedup is None
-                else f"the median speed-up over SAM's levels is {speedup:.2f}")
+                else f"The median speed-up over SAM's levels is {speedup:.2f}")
     return [
         Claim("SAM-IRE lowers Tr H faster than SAM (median speed-up > 1)",
               None if speedup is None else speedup > 1, evidence),
@@ -159,7 +160,7 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
         "end": {name: {"hessian_trace": r["hessian_trace"], "lambda_max": r["lambda_max"],
                        "train_loss": r["train_loss"]} for name, r in ends.items()},
     }
-    figure = Figure("ire-manifold.png", "Tr H, lambda_max and the train loss under SAM and "
+    figure = Image("ire-manifold.png", "Tr H, lambda_max and the train loss under SAM and "
                     "SAM-IRE", draw_png(functools.partial(_draw, trajectories, records),
                                         ncols=3, size=(13.0, 4.0)))
     notes = [f"From Tr H = {start['hessian_trace']:.4g} at the near-interpolating point, SAM "

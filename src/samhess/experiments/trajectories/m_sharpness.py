@@ -15,7 +15,8 @@ radius and batch (every step the same ``batch_size`` examples, split into ``batc
 micro-batches); ``m = batch_size`` is SAM. Since the curvature of a loss shrinks as the loss
 falls, the trajectories are compared where they reach the same train loss: the lowest loss all
 of them reached, each one's ``lambda_max`` and ``Tr H`` interpolated there linearly in
-:math:`\log L` between its records.
+:math:`\log L` between its records (:mod:`samhess.experiments.matched_loss`, as the comparison
+report does).
 
 References:
     P. Foret, A. Kleiner, H. Mobahi, B. Neyshabur. Sharpness-Aware Minimization for Efficiently
@@ -28,49 +29,25 @@ References:
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from samhess.experiments.report import Claim
+from samhess.experiments.matched_loss import crossing, matched_loss
+from samhess.experiments.report_claims import Claim
+from samhess.experiments.report_pages import Image
 from samhess.experiments.trajectories.arms import Arm, StartPoint
 from samhess.experiments.trajectories.experiment import (
-    ExperimentConfig, Figure, Findings, Records,
+    ExperimentConfig, Findings, Records,
 )
 from samhess.experiments.trajectories.measures import CurvatureMeasure
 from samhess.experiments.trajectories.pages import draw_png, plot_series
 
-__all__ = ["arms", "findings", "check", "value_at_loss", "matched_loss", "AtMatchedLoss",
-           "m_sharpness_claims"]
+__all__ = ["arms", "findings", "check", "AtMatchedLoss", "m_sharpness_claims"]
 
 KIND = "msam"
 #: One colour per trajectory, smallest micro-batch first.
 _COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")
-
-
-def matched_loss(runs: Sequence[Sequence[Mapping[str, Any]]]) -> float | None:
-    """The lowest train loss every run reached: the largest of their lowest recorded losses."""
-    lowest = [min(r["train_loss"] for r in records) for records in runs if records]
-    return max(lowest) if lowest and len(lowest) == len(runs) else None
-
-
-def value_at_loss(records: Sequence[Mapping[str, Any]], key: str, loss: float) -> float | None:
-    """``key`` where the train loss first reaches ``loss``, linear in log loss between records.
-
-    Returns:
-        The value, or ``None`` when no record reaches ``loss``.
-    """
-    for index, record in enumerate(records):
-        if record["train_loss"] > loss:
-            continue
-        if index == 0:
-            return float(record[key])
-        before = records[index - 1]
-        high, low = math.log(before["train_loss"]), math.log(record["train_loss"])
-        weight = (high - math.log(loss)) / (high - low)
-        return before[key] + weight * (record[key] - before[key])
-    return None
 
 
 @dataclass(frozen=True)
@@ -91,14 +68,14 @@ def m_sharpness_claims(rows: Sequence[AtMatchedLoss]) -> list[Claim]:
     for attribute, name in (("trace", "Tr H"), ("lambda_max", "lambda_max")):
         values = [getattr(row, attribute) for row in rows]
         increasing = all(a < b for a, b in zip(values, values[1:]))
-        listed = ", ".join(f"{v:.4g} (m = {row.micro_batch_size})" for v, row in
-                           zip(values, rows))
+        sizes = ", ".join(str(row.micro_batch_size) for row in rows)
+        listed = ", ".join(f"{value:.4g}" for value in values)
         claims.append(Claim(
             f"at matched train loss, perturbations from micro-batches of "
             f"{smallest.micro_batch_size} end with a lower {name} than from "
             f"{largest.micro_batch_size}", values[0] < values[-1],
-            f"{name} is {listed}; it {'rises' if increasing else 'does not rise'} "
-            "monotonically with m"))
+            f"At m = {sizes} {name} is {listed}; it "
+            f"{'rises' if increasing else 'does not rise'} monotonically with m"))
     return claims
 
 
@@ -137,9 +114,10 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
     table = [["micro-batch size m", "perturbations per step", "final train loss",
               "lambda_max at matched loss", "Tr H at matched loss"]]
     for arm, size, run in zip(trajectories, _sizes(config), runs):
-        top = None if loss is None else value_at_loss(run, "lambda_max", loss)
-        trace = None if loss is None else value_at_loss(run, "hessian_trace", loss)
-        if top is not None and trace is not None:
+        found = None if loss is None else crossing(run, loss)
+        top = None if found is None else found.values["lambda_max"]
+        trace = None if found is None else found.values["hessian_trace"]
+        if found is not None:
             rows.append(AtMatchedLoss(size, top, trace))
         summary["trajectories"][arm.name] = {
             "micro_batch_size": size, "final_train_loss": run[-1]["train_loss"],
@@ -149,7 +127,7 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
     claims = m_sharpness_claims(rows) if len(rows) == len(runs) else [
         Claim("at matched train loss, smaller micro-batches end flatter", None,
               "the trajectories reached no common train loss")]
-    figure = Figure("m-sharpness.png", "lambda_max and Tr H against the train loss",
+    figure = Image("m-sharpness.png", "lambda_max and Tr H against the train loss",
                     draw_png(functools.partial(_draw, trajectories, records, loss), ncols=3,
                              size=(13.0, 4.0)))
     notes = [] if loss is None else [

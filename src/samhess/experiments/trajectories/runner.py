@@ -2,7 +2,9 @@
 
 An experiment's directory (default ``runs/<name>``) holds::
 
-    config.json        the experiment's name and settings (what --resume compares against)
+    config.json        the experiment's name and settings (what --resume compares against),
+                       and where it was computed (:mod:`samhess.experiments.provenance`; its
+                       ``from_step`` counts the steps of all trajectories before a resumption)
     arms/<arm>/        one trajectory each: metrics.jsonl and checkpoint.pt
     summary.json       settings, numbers and verdicts
     report.md, report.html, plots/*.png
@@ -18,18 +20,20 @@ experiment killed at any point and resumed writes the files of one that never st
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from samhess.experiments import runfiles
+from samhess.experiments.checkpoint import read_checkpoint
+from samhess.experiments.provenance import environment, run_settings
 from samhess.experiments.rundir import (
-    abandon_run_dir, claim_run_dir, holds_a_record, inspect_run_dir,
+    abandon_run_dir, claim_run_dir, holds_a_record, inspect_run_dir, note_environment,
 )
-from samhess.experiments.runfiles import ARMS_DIR, CONFIG_FILE
-from samhess.experiments.trajectories.arms import StartPoint, arm_records, run_arm
+from samhess.experiments.runfiles import ARMS_DIR, CHECKPOINT_FILE, CONFIG_FILE
+from samhess.experiments.trajectories.arms import Arm, StartPoint, arm_records, run_arm
 from samhess.experiments.trajectories.experiment import (
     Experiment, ExperimentConfig, resolve_config,
 )
@@ -89,6 +93,8 @@ def run_trajectory_experiment(experiment: Experiment, config: ExperimentConfig, 
         print(f"samhess: no experiment found in {out}; starting a fresh one", file=sys.stderr)
     created = decision == "fresh" and not out.exists()
     claim_run_dir(out, config, decision)
+    steps_done = _steps_done(out, arms) if decision == "continue" else 0
+    note_environment(out, environment(torch.device("cpu")), steps_done)
     starts = _StartStates(problem, config, quiet)
     try:
         for index, arm in enumerate(arms, start=1):
@@ -103,6 +109,16 @@ def run_trajectory_experiment(experiment: Experiment, config: ExperimentConfig, 
     return _report(out, experiment, config)
 
 
+def _steps_done(out: Path, arms: Sequence[Arm]) -> int:
+    """The steps the trajectories' checkpoints hold, all trajectories together: where a resumed
+    experiment's provenance says the new environment starts."""
+    done = 0
+    for arm in arms:
+        stored = read_checkpoint(out / ARMS_DIR / arm.name / CHECKPOINT_FILE)
+        done += 0 if stored is None else int(stored.get("state", {}).get("step", 0))
+    return done
+
+
 def _report(out: Path, experiment: Experiment, config: ExperimentConfig) -> ExperimentReport:
     records = {arm.name: arm_records(out / ARMS_DIR / arm.name)
                for arm in experiment.arms(config)}
@@ -114,7 +130,9 @@ def _stored_config(directory: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     stored = runfiles.read_json(path)
-    return stored if isinstance(stored, dict) and "experiment" in stored else None
+    if not isinstance(stored, dict) or "experiment" not in stored:
+        return None
+    return run_settings(stored)
 
 
 def holds_experiment(directory: str | Path) -> bool:

@@ -27,10 +27,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from samhess.experiments.optimizer_kinds import optimizer_kind
-from samhess.experiments.report import Claim
+from samhess.experiments.report_claims import Claim
+from samhess.experiments.report_pages import Image
 from samhess.experiments.trajectories.arms import Arm, StartPoint
 from samhess.experiments.trajectories.experiment import (
-    ExperimentConfig, Figure, Findings, Records,
+    ExperimentConfig, Findings, Records,
 )
 from samhess.experiments.trajectories.measures import CurvatureMeasure
 from samhess.experiments.trajectories.pages import draw_png, plot_series
@@ -85,11 +86,11 @@ def regularizer_claims(drops: Mapping[str, SharpnessDrop], *,
     claims = [
         Claim("full-batch SAM lowers lambda_max more than 1-SAM",
               full.lambda_max > one.lambda_max,
-              f"lambda_max {_change(full.lambda_max)} under full-batch SAM and "
-              f"{_change(one.lambda_max)} under 1-SAM"),
+              f"Under full-batch SAM lambda_max {_change(full.lambda_max)}, under 1-SAM it "
+              f"{_change(one.lambda_max)}"),
         Claim("1-SAM lowers Tr H more than full-batch SAM", one.trace > full.trace,
-              f"Tr H {_change(one.trace)} under 1-SAM and {_change(full.trace)} under "
-              "full-batch SAM"),
+              f"Under 1-SAM Tr H {_change(one.trace)}, under full-batch SAM it "
+              f"{_change(full.trace)}"),
     ]
     full_ratio, one_ratio = full.lambda_per_trace, one.lambda_per_trace
     both = full_ratio is not None and one_ratio is not None
@@ -97,21 +98,21 @@ def regularizer_claims(drops: Mapping[str, SharpnessDrop], *,
         "full-batch SAM's decrease leans towards lambda_max and 1-SAM's towards Tr H (the "
         "relative drop in lambda_max per relative drop in Tr H is larger for full-batch SAM)",
         full_ratio > one_ratio if both else None,
-        f"{full_ratio:.2f} for full-batch SAM against {one_ratio:.2f} for 1-SAM" if both
-        else "Tr H did not fall under both, so the ratio is undefined"))
+        f"The ratio is {full_ratio:.2f} for full-batch SAM against {one_ratio:.2f} for 1-SAM"
+        if both else "Tr H did not fall under both, so the ratio is undefined"))
     claims.append(Claim(
         "USAM, whose perturbation rho g vanishes with the gradient, lowers lambda_max less "
         "than SAM", unnormalized.lambda_max < full.lambda_max,
-        f"lambda_max {_change(unnormalized.lambda_max)} under USAM and "
-        f"{_change(full.lambda_max)} under SAM"))
+        f"Under USAM lambda_max {_change(unnormalized.lambda_max)}, under SAM it "
+        f"{_change(full.lambda_max)}"))
     controls = [drops[GD], drops[SGD]]
     largest = max(abs(value) for drop in controls for value in (drop.lambda_max, drop.trace))
     claims.append(Claim(
         f"the controls GD and SGD (batch 1) leave lambda_max and Tr H within "
         f"{_percent(control_limit)}: the decrease is SAM's", largest <= control_limit,
-        f"lambda_max {_change(drops[GD].lambda_max)} under GD and "
-        f"{_change(drops[SGD].lambda_max)} under SGD, Tr H {_change(drops[GD].trace)} and "
-        f"{_change(drops[SGD].trace)}"))
+        f"Under GD lambda_max {_change(drops[GD].lambda_max)} and Tr H "
+        f"{_change(drops[GD].trace)}; under SGD lambda_max {_change(drops[SGD].lambda_max)} "
+        f"and Tr H {_change(drops[SGD].trace)}"))
     return claims
 
 
@@ -159,7 +160,7 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
         plot_series(axes[0, 2], trajectories, records, "train_loss", "train loss", log_scale=True)
         axes[0, 0].legend(fontsize=8)
 
-    figure = Figure("sharpness.png", "lambda_max, Tr H and the train loss along each trajectory",
+    figure = Image("sharpness.png", "lambda_max, Tr H and the train loss along each trajectory",
                     draw_png(draw, ncols=3, size=(13.0, 4.0)))
     notes = ["Drops are relative, (start - end) / start, from the near-interpolating point to "
              "the last step; a negative drop is a rise. Tr H is exact (the sum of the Hessian's "
