@@ -68,9 +68,9 @@ class Arm:
         start: where it starts.
         measure: ``measure(problem, seed)`` -> the :class:`Measure` of its records.
         checkpoint_every: steps between checkpoints (default: at every record).
-        mask_on_all_examples: an IRE kind's mask is estimated on all examples rather than on
-            the step's batch (with batch 1 a single example's Fisher diagonal would rank the
-            coordinates).
+        mask_on_all_examples: an IRE kind's mask is estimated on all examples (its
+            ``refresh_fraction`` 1) rather than on the step's batch (with batch 1 a single
+            example's Fisher diagonal would rank the coordinates).
     """
 
     name: str
@@ -156,6 +156,8 @@ def run_arm(arm: Arm, directory: Path, problem: Problem,
     context = StepContext(kind=optimizer_kind(arm.optimizer), model=model,
                           optimizer=build_optimizer(arm.optimizer, model, arm.hyperparameters),
                           loss_fn=problem.loss_fn, label_generator=generator)
+    if arm.mask_on_all_examples:
+        context.optimizer.refresh_fraction = 1.0
     trajectory = _Trajectory(arm, model, context,
                              arm.measure(problem, derived_seed(seed, PROBES) % 2**31))
     stored = read_checkpoint(path) if resume else None
