@@ -1,4 +1,4 @@
-"""The ``samhess`` command: ``run``, ``compare``, ``analyze`` and ``report``.
+"""The ``samhess`` command: ``run``, ``compare``, ``analyze``, ``report`` and ``experiment``.
 
 The command line only parses, calls :mod:`samhess.experiments` and prints. A mistake a user can
 make (an unknown name, a bad value, missing data files, a corrupt checkpoint, an output
@@ -51,25 +51,21 @@ def _real_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"invalid list of numbers: {text!r}") from None
 
 
-def _add_task_flags(parser: argparse.ArgumentParser, *, command: str) -> None:
-    """The flags of ``run`` or ``compare``, one per declared setting
-    (:mod:`samhess.experiments.settings`); an unset flag stays out of the namespace."""
-    from samhess.experiments.config import (
-        COMPARE_SETTINGS, GROUP_ORDER, RUN_SETTINGS, default_in_words,
-    )
-    from samhess.experiments.settings import Scope, ValueKind
+def _add_setting_flags(parser: argparse.ArgumentParser, settings: Sequence[Any],
+                       groups: Sequence[str], default_text: Any) -> None:
+    """One flag per declared setting (:mod:`samhess.experiments.settings`), under its group's
+    heading; an unset flag stays out of the namespace."""
+    from samhess.experiments.settings import ValueKind
 
-    scopes = (Scope.BOTH, Scope.RUN if command == "run" else Scope.COMPARE)
-    settings = [s for s in (*COMPARE_SETTINGS, *RUN_SETTINGS.values()) if s.scope in scopes]
     types = {ValueKind.INT: int, ValueKind.REAL: float, ValueKind.STR: str,
              ValueKind.REALS: _real_list}
-    for group in GROUP_ORDER:
+    for group in groups:
         members = [s for s in settings if s.group == group]
         if not members:
             continue
         arguments = parser.add_argument_group(group)
         for setting in members:
-            text = f"{setting.help} (default {default_in_words(setting)})"
+            text = f"{setting.help} (default {default_text(setting)})"
             if setting.kind is ValueKind.BOOL:
                 arguments.add_argument(setting.flag, action="store_const", const=True,
                                        default=argparse.SUPPRESS, help=text)
@@ -77,16 +73,32 @@ def _add_task_flags(parser: argparse.ArgumentParser, *, command: str) -> None:
                 arguments.add_argument(setting.flag, type=types[setting.kind],
                                        metavar=setting.metavar, help=text,
                                        default=argparse.SUPPRESS)
+
+
+def _add_file_flags(parser: argparse.ArgumentParser, *, what: str) -> None:
     out = parser.add_argument_group("files")
     out.add_argument("--config", metavar="FILE", help="TOML or YAML file of settings; flags win")
     out.add_argument("--out", metavar="DIR",
                      help="output directory (overrides out in --config)")
     out.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last checkpoint")
+                     help=f"continue the {what} in --out from its last checkpoint")
     out.add_argument("--force", action="store_true",
-                     help="replace the run files already in --out")
+                     help=f"replace the {what} files already in --out")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_threads_flag(out)
+
+
+def _add_task_flags(parser: argparse.ArgumentParser, *, command: str) -> None:
+    """The flags of ``run`` or ``compare``."""
+    from samhess.experiments.config import (
+        COMPARE_SETTINGS, GROUP_ORDER, RUN_SETTINGS, default_in_words,
+    )
+    from samhess.experiments.settings import Scope
+
+    scopes = (Scope.BOTH, Scope.RUN if command == "run" else Scope.COMPARE)
+    settings = [s for s in (*COMPARE_SETTINGS, *RUN_SETTINGS.values()) if s.scope in scopes]
+    _add_setting_flags(parser, settings, GROUP_ORDER, default_in_words)
+    _add_file_flags(parser, what="run")
 
 
 def _add_threads_flag(group) -> None:
@@ -102,7 +114,7 @@ def _add_strict_flag(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 _NOT_SETTINGS = {"command", "handler", "config", "out", "resume", "force", "quiet", "optimizers",
-                 "seeds", "run_dir", "directory", "threads", "strict"}
+                 "seeds", "run_dir", "directory", "threads", "strict", "experiment_name"}
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -171,7 +183,31 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("directory", metavar="DIR")
     _add_strict_flag(report, "run or comparison")
     report.set_defaults(handler=_cmd_report)
+    _add_experiment_commands(commands)
     return parser
+
+
+def _add_experiment_commands(commands: Any) -> None:
+    """``samhess experiment NAME``: one subcommand per registered experiment, its flags from its
+    settings (:mod:`samhess.experiments.trajectories`)."""
+    from samhess.experiments.trajectories import EXPERIMENTS
+
+    parser = commands.add_parser(
+        "experiment", help="run a named experiment on a paper's trajectory-level claim",
+        description="Train the trajectories of one named experiment into DIR/arms/, then write "
+        "DIR/summary.json, DIR/report.md and DIR/report.html with verdicts on the paper's claim "
+        "(docs/cli.md, docs/theory.md). Resumable like samhess run.")
+    names = parser.add_subparsers(dest="experiment_name", metavar="NAME", parser_class=_Parser,
+                                  required=True)
+    for experiment in EXPERIMENTS.values():
+        sub = names.add_parser(experiment.name, help=experiment.claim,
+                               description=f"{experiment.title}. {experiment.reference}. "
+                               f"Claim: {experiment.claim}")
+        groups = list(dict.fromkeys(setting.group for setting in experiment.settings))
+        _add_setting_flags(sub, experiment.settings, groups,
+                           lambda setting: setting.default_text())
+        _add_file_flags(sub, what="experiment")
+        sub.set_defaults(handler=_cmd_experiment)
 
 
 def _file_settings(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
@@ -248,12 +284,39 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from samhess.experiments.report import build_report
+    from samhess.experiments.trajectories.runner import (
+        holds_experiment, rebuild_experiment_report,
+    )
 
-    result = build_report(Path(args.directory))
+    if holds_experiment(args.directory):
+        result = rebuild_experiment_report(args.directory)
+    else:
+        from samhess.experiments.report import build_report
+
+        result = build_report(Path(args.directory))
     print(result.screen_summary())
     return _strict_status(args, result.complete,
                           f"{args.directory} is unfinished (see the top of its report)")
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from samhess.experiments.trajectories import experiment_named, resolve_config
+
+    experiment = experiment_named(args.experiment_name)
+    file_settings, file_out = _file_settings(args)
+    config = resolve_config(experiment, file_settings, _settings(args))
+    from samhess.experiments.threads import torch_threads
+    from samhess.experiments.trajectories.runner import (
+        default_experiment_dir, run_trajectory_experiment,
+    )
+
+    given = _output_dir(args, file_out)
+    out = Path(given or default_experiment_dir(experiment.name))
+    with torch_threads(args.threads):
+        result = run_trajectory_experiment(experiment, config, out, resume=args.resume,
+                                           force=args.force, quiet=args.quiet)
+    print(result.screen_summary())
+    return 0
 
 
 def _strict_status(args: argparse.Namespace, complete: bool, what: str) -> int:

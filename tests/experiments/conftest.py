@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import struct
+import subprocess
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 #: Flags of a run that takes seconds: digits, the default MLP, few steps, tiny curvature budgets.
@@ -55,3 +64,30 @@ def tiny_compare(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "cmp"
     assert main(["compare", "--out", str(out), *TINY_COMPARE_ARGS]) == 0
     return out
+
+
+def sigkill_when(process: subprocess.Popen, ready: Callable[[], bool],
+                 timeout: float = 120.0) -> None:
+    """``kill -9`` ``process`` as soon as ``ready()`` (polled every 10 ms), while it still runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None and not ready():
+        time.sleep(0.01)
+    assert process.poll() is None, "the process ended before it could be killed mid-way"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+
+def flip_a_bit_of_the_largest_tensor(path: Path) -> str:
+    """Flip one low mantissa bit in the data of the largest tensor ``torch.save`` wrote to
+    ``path`` (a weight matrix), in place; returns its archive member."""
+    with zipfile.ZipFile(path) as archive:
+        members = [info for info in archive.infolist() if "/data/" in info.filename]
+        info = max(members, key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26:
+                                                          info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + 9] ^= 0x04  # a low mantissa bit of a float32 (and of a float64)
+    path.write_bytes(bytes(data))
+    return info.filename

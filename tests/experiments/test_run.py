@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from samhess.experiments.report_summary import SUMMARY_KEYS
 from samhess.experiments.tracking import RECORD_KEYS
 from samhess.experiments.task import epoch_permutation
 
-from .conftest import TINY_RUN_FLAGS, run_in_process, tiny_cli_args
+from .conftest import TINY_RUN_FLAGS, run_in_process, sigkill_when, tiny_cli_args
 
 
 def read_records(run_dir: Path) -> list[dict]:
@@ -118,18 +115,10 @@ def test_resume_after_sigkill_equals_a_straight_run(tmp_path):
     args = [sys.executable, "-m", "samhess", "run", "--optimizer", "sam-ire", "--out",
             str(killed), "--quiet", *tiny_cli_args(**KILL_FLAGS)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    metrics = killed / "metrics.jsonl"
     # Kill once a checkpoint past step 0 exists, i.e. mid-way with a resumable state on disk.
-    while time.monotonic() < deadline and process.poll() is None:
-        metrics = killed / "metrics.jsonl"
-        if (killed / "checkpoint.pt").exists() and metrics.exists() \
-                and metrics.read_bytes().count(b"\n") >= 4:
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the run ended before it could be killed mid-way"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
+    sigkill_when(process, lambda: (killed / "checkpoint.pt").exists() and metrics.exists()
+                 and metrics.read_bytes().count(b"\n") >= 4)
     interrupted = read_records(killed) if (killed / "metrics.jsonl").exists() else []
     assert len(interrupted) < 13
 

@@ -9,11 +9,9 @@ import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,31 +21,19 @@ from samhess.cli import main
 from samhess.errors import RunFileError
 from samhess.experiments.runfiles import REPORT_FIGURES, load_checkpoint
 
-from .conftest import TINY_RUN_FLAGS, run_in_process, tiny_cli_args
+from .conftest import (
+    TINY_RUN_FLAGS, flip_a_bit_of_the_largest_tensor, run_in_process, tiny_cli_args,
+)
 
 
 def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _flip_a_bit_of_the_model(path: Path) -> str:
-    """Flip one mantissa bit of the first float tensor's data; returns its archive member."""
-    with zipfile.ZipFile(path) as archive:
-        members = [info for info in archive.infolist() if "/data/" in info.filename]
-        info = max(members, key=lambda i: i.file_size)  # a weight matrix
-    data = bytearray(path.read_bytes())
-    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26:
-                                                          info.header_offset + 30])
-    start = info.header_offset + 30 + name_length + extra_length
-    data[start + 9] ^= 0x04  # a low mantissa bit of the third float32
-    path.write_bytes(bytes(data))
-    return info.filename
-
-
 def test_a_flipped_bit_in_the_checkpoint_is_caught_by_its_crc(tiny_run, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_run, copy)
-    member = _flip_a_bit_of_the_model(copy / "checkpoint.pt")
+    member = flip_a_bit_of_the_largest_tensor(copy / "checkpoint.pt")
     # torch itself loads the damaged file without a word ...
     loaded = torch.load(copy / "checkpoint.pt", weights_only=True)
     original = torch.load(tiny_run / "checkpoint.pt", weights_only=True)

@@ -29,7 +29,6 @@ the key and the value, so the command line can print it as it is.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import sys
 from collections.abc import Mapping
@@ -52,8 +51,11 @@ from samhess.experiments.settings import (
     at_least,
     at_most,
     below,
+    check_values,
     greater_than,
     invalid,
+    markdown_row,
+    normalize_key,
     setting_label,
     settings_by_name,
 )
@@ -311,33 +313,18 @@ class CompareConfig:
                    task=RunConfig(**validate_values(task, source=source)))
 
 
-def normalize_key(key: object, source: str) -> str:
-    """``weight-decay`` and ``weight_decay`` name the same key."""
-    if not isinstance(key, str):
-        raise SettingTypeError(f"{source}: key {key!r} is not a string")
-    return key.replace("-", "_")
-
-
 def validate_values(values: Mapping[str, Any], *, source: str) -> dict[str, Any]:
     """Check every (key, value) of a run's settings; return them typed.
 
     Raises:
-        ValueError: an unknown key or a value out of range, named in the message.
-        TypeError: a value of the wrong type, named in the message.
+        UsageError: an unknown key or a value out of range, named in the message.
+        SettingTypeError: a value of the wrong type, named in the message.
     """
-    out: dict[str, Any] = {}
     # Names that need the data and model registries (and so torch) are checked last, so a
     # plain typo is reported at once.
-    ordered = sorted(values.items(), key=lambda item: str(item[0]) in ("dataset", "model"))
-    for raw_key, value in ordered:
-        key = normalize_key(raw_key, source)
-        if key not in RUN_SETTINGS:
-            close = difflib.get_close_matches(
-                key, list(RUN_SETTINGS) + sorted(COMPARE_KEYS) + [OUTPUT_KEY], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UsageError(f"{source}: unknown key {raw_key!r}{hint}")
-        out[key] = RUN_SETTINGS[key].check(value, source)
-    return out
+    return check_values(values, RUN_SETTINGS, source=source,
+                        other_keys=[*sorted(COMPARE_KEYS), OUTPUT_KEY],
+                        checked_last=("dataset", "model"))
 
 
 def is_large_task(dataset: str, model: str) -> bool:
@@ -633,19 +620,15 @@ def build_compare_config(
     return compare_config
 
 
-def _row(*cells: str) -> str:
-    """A markdown table row; a ``|`` inside a cell (``||g||``) is escaped."""
-    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-
 def settings_markdown() -> str:
     """The table of every setting, as docs/cli.md shows it (generated from the declarations)."""
     lines = ["| key (flag) | commands | meaning | default |", "| --- | --- | --- | --- |"]
     settings = [*COMPARE_SETTINGS, *RUN_SETTINGS.values()]
     for group in GROUP_ORDER:
         for setting in (s for s in settings if s.group == group):
-            lines.append(_row(f"`{setting.name}` (`{setting.flag}`)", setting.scope.value,
-                              setting.help, default_in_words(setting)))
+            lines.append(markdown_row(f"`{setting.name}` (`{setting.flag}`)",
+                                      setting.scope.value, setting.help,
+                                      default_in_words(setting)))
     return "\n".join(lines)
 
 
@@ -655,7 +638,7 @@ def optimizers_markdown() -> str:
              "| --- | --- | --- | --- | --- |"]
     for kind in OPTIMIZER_KINDS.values():
         reads = ", ".join(f"`{name}`" for name in kind.reads)
-        lines.append(_row(f"`{kind.name}`", kind.label, kind.summary, reads, kind.passes))
+        lines.append(markdown_row(f"`{kind.name}`", kind.label, kind.summary, reads, kind.passes))
     return "\n".join(lines)
 
 

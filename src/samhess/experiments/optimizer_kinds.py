@@ -377,46 +377,59 @@ ADAMW = register(OptimizerKind(
 ADMIRE = register(ire_kind("admire", "AdmIRE", "#17becf", ADAMW))
 
 _SHARP_AND_FLAT = (ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)
-GSAM = register(OptimizerKind(
-    name="gsam", label="GSAM", colour="#e377c2",
-    summary="surrogate-gap SAM over SGD: descend along g_p - alpha g_perp (Zhuang et al., "
-            "ICLR 2022)",
-    build=_sam_family("GSAM", alpha="gsam_alpha"), reads=(*_SAM_READS, "gsam_alpha"),
-    protocol=StepProtocol.TWO_PASS, flatness_reference="sgd", claims=_SHARP_AND_FLAT))
-WSAM = register(OptimizerKind(
-    name="wsam", label="WSAM", colour="#bcbd22",
-    summary="weighted SAM over SGD: g + gamma / (1 - gamma) (g_p - g) (Yue et al., KDD 2023)",
-    build=_sam_family("WSAM", gamma="wsam_gamma"), reads=(*_SAM_READS, "wsam_gamma"),
-    protocol=StepProtocol.TWO_PASS, flatness_reference="sgd", claims=_SHARP_AND_FLAT))
-FRIENDLY_SAM = register(OptimizerKind(
-    name="friendly-sam", label="FriendlySAM", colour="#aec7e8",
-    summary="SAM over SGD perturbing along g - sigma m_t, the gradient less its average "
-            "(Li et al., CVPR 2024)",
-    build=_sam_family("FriendlySAM", sigma="friendly_sigma", lmbda="friendly_lambda"),
-    reads=(*_SAM_READS, "friendly_sigma", "friendly_lambda"), protocol=StepProtocol.TWO_PASS,
-    flatness_reference="sgd", claims=_SHARP_AND_FLAT))
-LOOKSAM = register(OptimizerKind(
-    name="looksam", label="LookSAM", colour="#ffbb78",
-    summary="SAM over SGD every k steps, its orthogonal direction reused in between "
-            "(Liu et al., CVPR 2022)",
-    build=_sam_family("LookSAM", k="looksam_k", alpha="looksam_alpha"),
-    reads=(*_SAM_READS, "looksam_k", "looksam_alpha"), protocol=StepProtocol.TWO_PASS,
-    flatness_reference="sgd", claims=_SHARP_AND_FLAT))
-MSAM = register(OptimizerKind(
-    name="msam", label="m-SAM", colour="#98df8a",
-    summary="SAM over SGD with one perturbation per micro-batch (m-sharpness; Foret et al., "
-            "ICLR 2021; Andriushchenko & Flammarion, ICML 2022)",
-    build=_sam_family("MSAM", m="msam_m"), reads=(*_SAM_READS, "msam_m"),
-    protocol=StepProtocol.MICRO_BATCH, flatness_reference="sgd", claims=_SHARP_AND_FLAT,
-    check=lambda config: None if config.batch_size % config.msam_m == 0 else (
-        f"--msam-m {config.msam_m} must divide --batch-size {config.batch_size}")))
-RST = register(OptimizerKind(
-    name="rst", label="RST", colour="#c5b0d5",
-    summary="randomized switching: a SAM step with probability p, else an SGD step "
-            "(Zhao et al., 2022)",
-    build=_sam_family("RST", seeded=True, p="rst_p"), reads=(*_SAM_READS, "rst_p"),
-    protocol=StepProtocol.TWO_PASS, flatness_reference="sgd",
-    claims=(ClaimKind.FLATTER_THAN_REFERENCE,)))
+
+
+def sam_variant_kind(name: str, label: str, colour: str, summary: str, class_name: str, *,
+                     protocol: StepProtocol = StepProtocol.TWO_PASS,
+                     claims: tuple[ClaimKind, ...] = _SHARP_AND_FLAT, seeded: bool = False,
+                     check: Callable[[Any], str | None] | None = None,
+                     **own: str) -> OptimizerKind:
+    """The kind of a SAM variant over SGD: SAM's hyperparameters plus its own ``own`` (keyword
+    argument of the class -> setting), judged against SGD's flatness."""
+    return OptimizerKind(
+        name=name, label=label, colour=colour, summary=summary,
+        build=_sam_family(class_name, seeded=seeded, **own), reads=(*_SAM_READS, *own.values()),
+        protocol=protocol, flatness_reference="sgd", claims=claims, check=check)
+
+
+def _micro_batches_divide_the_batch(config: Any) -> str | None:
+    if config.batch_size % config.msam_m == 0:
+        return None
+    return f"--msam-m {config.msam_m} must divide --batch-size {config.batch_size}"
+
+
+GSAM = register(sam_variant_kind(
+    "gsam", "GSAM", "#e377c2",
+    "surrogate-gap SAM over SGD: descend along g_p - alpha g_perp (Zhuang et al., ICLR 2022)",
+    "GSAM", alpha="gsam_alpha"))
+WSAM = register(sam_variant_kind(
+    "wsam", "WSAM", "#bcbd22",
+    "weighted SAM over SGD: g + gamma / (1 - gamma) (g_p - g) (Yue et al., KDD 2023)",
+    "WSAM", gamma="wsam_gamma"))
+FRIENDLY_SAM = register(sam_variant_kind(
+    "friendly-sam", "FriendlySAM", "#aec7e8",
+    "SAM over SGD perturbing along g - sigma m_t, the gradient less its average "
+    "(Li et al., CVPR 2024)",
+    "FriendlySAM", sigma="friendly_sigma", lmbda="friendly_lambda"))
+LOOKSAM = register(sam_variant_kind(
+    "looksam", "LookSAM", "#ffbb78",
+    "SAM over SGD every k steps, its orthogonal direction reused in between "
+    "(Liu et al., CVPR 2022)",
+    "LookSAM", k="looksam_k", alpha="looksam_alpha"))
+MSAM = register(sam_variant_kind(
+    "msam", "m-SAM", "#98df8a",
+    "SAM over SGD with one perturbation per micro-batch (m-sharpness; Foret et al., ICLR 2021; "
+    "Andriushchenko & Flammarion, ICML 2022)",
+    "MSAM", protocol=StepProtocol.MICRO_BATCH, check=_micro_batches_divide_the_batch,
+    m="msam_m"))
+# A step of RST is SAM's or SGD's at random: a single measured step's ratio tells which was
+# drawn, not the optimizer's tendency, so only its flatness is claimed.
+RST = register(sam_variant_kind(
+    "rst", "RST", "#c5b0d5",
+    "randomized switching: a SAM step with probability p, else an SGD step (Zhao et al., 2022)",
+    "RST", claims=(ClaimKind.FLATTER_THAN_REFERENCE,), seeded=True, p="rst_p"))
+# BSAM's step against a gradient step carries its Adam-like scaling (as AdamW's does), so its
+# sharp/flat ratio says nothing about the seed's claim; its flatness is claimed against SGD's.
 BSAM = register(OptimizerKind(
     name="bsam", label="BSAM", colour="#c49c94",
     summary="Bayesian SAM, an Adam-like update with noise and a learned precision "

@@ -5,7 +5,8 @@ directory the run's; :func:`abandon_run_dir` takes back what a new run wrote whe
 its first record, so that the corrected command finds the directory as it was. All three run
 under the directory's lock (:func:`samhess.experiments.lock.run_directory_lock`).
 
-A directory is a samhess run when its manifest (:mod:`samhess.experiments.ownership`) says so.
+A directory is a samhess run (or a comparison, or an experiment) when its manifest
+(:mod:`samhess.experiments.ownership`) says so.
 Only files whose content samhess wrote are ever removed or replaced: a directory whose
 ``config.json`` (or any other run file) is the user's is refused, without suggesting
 ``--force``, and ``--force`` leaves the user's files where they are.
@@ -26,18 +27,28 @@ from samhess.experiments.provenance import (
     PROVENANCE_KEY, run_settings, stored_provenance, with_environment,
 )
 from samhess.experiments.runfiles import (
-    CHECKPOINT_FILE, COMPARE_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES,
+    CHECKPOINT_FILE, COMPARE_FILE, CONFIG_FILE, EXPERIMENT_FILES, METRICS_FILE, RUN_FILES,
 )
 
 __all__ = ["default_run_dir", "inspect_run_dir", "claim_run_dir", "note_environment",
            "abandon_run_dir", "holds_a_record", "read_run_config", "read_compare_config",
-           "first_look", "decide", "refuse_foreign_files", "RUN_KIND", "COMPARISON_KIND"]
+           "first_look", "decide", "refuse_foreign_files", "RUN_KIND", "COMPARISON_KIND",
+           "EXPERIMENT_KIND"]
 
 #: What a manifest says its directory holds.
-RUN_KIND, COMPARISON_KIND = "run", "comparison"
-_NOUNS = {RUN_KIND: "run", COMPARISON_KIND: "comparison"}
+RUN_KIND, COMPARISON_KIND, EXPERIMENT_KIND = "run", "comparison", "experiment"
+_NOUNS = {RUN_KIND: "run", COMPARISON_KIND: "comparison", EXPERIMENT_KIND: "experiment"}
 #: The file that describes each kind: present and samhess's, or the directory is incomplete.
-_DESCRIPTIONS = {RUN_KIND: CONFIG_FILE, COMPARISON_KIND: COMPARE_FILE}
+_DESCRIPTIONS = {RUN_KIND: CONFIG_FILE, COMPARISON_KIND: COMPARE_FILE,
+                 EXPERIMENT_KIND: CONFIG_FILE}
+#: What a run-like directory (one config.json) writes under fixed names, and the other kinds
+#: ``--force`` may replace with it: an experiment replaces a run (as a comparison does), never
+#: a comparison, whose member runs are directories of their own.
+_RUN_LIKE = {RUN_KIND: (RUN_FILES, ()), EXPERIMENT_KIND: (EXPERIMENT_FILES, (RUN_KIND,))}
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 def default_run_dir(config: Any) -> Path:
@@ -80,11 +91,12 @@ def first_look(out: Path, names: tuple[str, ...], *, resume: bool, force: bool) 
 
 def decide(out: Path, kind: str, names: tuple[str, ...], *, resume: bool, force: bool,
            replaceable: tuple[str, ...] = ()) -> str:
-    """What to do with ``out`` for a run or a comparison (``kind``), without touching it.
+    """What to do with ``out`` for a run, a comparison or an experiment (``kind``), without
+    touching it.
 
     Args:
         out: the directory.
-        kind: :data:`RUN_KIND` or :data:`COMPARISON_KIND`.
+        kind: :data:`RUN_KIND`, :data:`COMPARISON_KIND` or :data:`EXPERIMENT_KIND`.
         names: the files it writes under fixed names, which must not be the user's.
         resume, force: as the command line says.
         replaceable: the other kinds ``force`` may replace.
@@ -105,13 +117,13 @@ def decide(out: Path, kind: str, names: tuple[str, ...], *, resume: bool, force:
     if held != kind and not (force and held in replaceable):
         advice = ("use --force to replace it or another --out" if held in replaceable
                   else "choose another --out")
-        raise RunDirectoryError(f"{out} holds a {_NOUNS[held]}, not a {noun}; {advice}")
+        raise RunDirectoryError(f"{out} holds {_a(_NOUNS[held])}, not {_a(noun)}; {advice}")
     if force:
         refuse_foreign_files(out, names)  # the user's files would stay and be overwritten
         return "replace"
     if not resume:
-        raise RunDirectoryError(f"{out} already holds a {noun}; pass --resume to continue it or "
-                                "--force to replace it")
+        raise RunDirectoryError(f"{out} already holds {_a(noun)}; pass --resume to continue it "
+                                "or --force to replace it")
     description = _DESCRIPTIONS[kind]
     if not owned.owns(description):
         raise RunDirectoryError(f"{out} holds an incomplete {noun} (its {description} is "
@@ -123,21 +135,26 @@ def decide(out: Path, kind: str, names: tuple[str, ...], *, resume: bool, force:
     return "continue"
 
 
-def inspect_run_dir(out: Path, config: Any, *, resume: bool, force: bool) -> str:
-    """:func:`decide` for a run; a ``"continue"`` must meet this very run.
+def inspect_run_dir(out: Path, config: Any, *, resume: bool, force: bool,
+                    kind: str = RUN_KIND) -> str:
+    """:func:`decide` for a run (or an experiment, ``kind``: a directory with one config.json);
+    a ``"continue"`` must meet this very run.
 
     Raises:
         RunDirectoryError: see :func:`decide`; or ``resume`` meets a different run.
         RunFileError: ``resume`` meets an unreadable configuration.
     """
-    decision = decide(out, RUN_KIND, RUN_FILES, resume=resume, force=force)
+    names, replaceable = _RUN_LIKE[kind]
+    decision = decide(out, kind, names, resume=resume, force=force, replaceable=replaceable)
     if decision == "continue":
-        _require_same_run(out, runfiles.read_json(out / CONFIG_FILE), config.identity())
+        _require_same_run(out, runfiles.read_json(out / CONFIG_FILE), config.identity(),
+                          _NOUNS[kind])
     return decision
 
 
-def claim_run_dir(out: Path, config: Any, decision: str) -> None:
-    """Make ``out`` this run's directory (after :func:`inspect_run_dir` said how).
+def claim_run_dir(out: Path, config: Any, decision: str, kind: str = RUN_KIND) -> None:
+    """Make ``out`` this run's (or experiment's, ``kind``) directory (after
+    :func:`inspect_run_dir` said how).
 
     ``"replace"`` removes the files samhess wrote there, and only those. ``config.json`` gets
     the configuration; a continued run keeps the provenance it recorded (:func:`note_environment`
@@ -151,7 +168,7 @@ def claim_run_dir(out: Path, config: Any, decision: str) -> None:
         owned.remove_owned()
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-    owned.set_kind(RUN_KIND)
+    owned.set_kind(kind)
     owned.write_json(CONFIG_FILE, {**config.to_dict(), PROVENANCE_KEY: carried})
 
 
@@ -166,7 +183,7 @@ def note_environment(out: Path, environment: dict[str, Any], step: int) -> None:
         OwnedFiles(out).write_json(CONFIG_FILE, {**run_settings(stored), PROVENANCE_KEY: updated})
 
 
-def _require_same_run(out: Path, stored: Any, identity: dict[str, Any]) -> None:
+def _require_same_run(out: Path, stored: Any, identity: dict[str, Any], noun: str) -> None:
     if not isinstance(stored, dict):
         raise RunFileError(f"{out / CONFIG_FILE} is not a run configuration")
     stored_identity = {k: v for k, v in run_settings(stored).items()
@@ -174,7 +191,7 @@ def _require_same_run(out: Path, stored: Any, identity: dict[str, Any]) -> None:
     for key in sorted(set(stored_identity) | set(identity)):
         if stored_identity.get(key) != identity.get(key):
             raise RunDirectoryError(
-                f"cannot resume {out}: it holds a different run ({key} = "
+                f"cannot resume {out}: it holds a different {noun} ({key} = "
                 f"{stored_identity.get(key)!r} there, {identity.get(key)!r} now); use --force "
                 "to replace it or another --out"
             )

@@ -7,6 +7,8 @@ Layout of a run directory::
     timing.json        wall-clock seconds (kept apart so metrics.jsonl is reproducible)
     checkpoint.pt      model, optimizer, RNG states, step, data position, record count
     summary.json       the run's final numbers (written at the end)
+    arms/              an experiment's trajectories, one run directory each
+                       (``samhess experiment``, :mod:`samhess.experiments.trajectories`)
     analysis/          the seed analysis of the final model (analysis.json + PNGs)
     plots/             curves of the run
     report.md, report.html
@@ -50,6 +52,8 @@ TIMING_FILE = "timing.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 COMPARE_FILE = "compare.json"
+#: An experiment's trajectories, one run directory each (``samhess experiment``).
+ARMS_DIR = "arms"
 CHECKPOINT_FORMAT = "samhess-checkpoint-1"
 
 CLAIMS_FILE = "claims.json"
@@ -69,6 +73,9 @@ RUN_FILES = (CONFIG_FILE, METRICS_FILE, TIMING_FILE, CHECKPOINT_FILE, SUMMARY_FI
              *REPORT_FILES, *ANALYSIS_FILES, *REPORT_PLOTS)
 #: The files a comparison writes into its own directory under fixed names.
 COMPARE_FILES = (COMPARE_FILE, SUMMARY_FILE, CLAIMS_FILE, *REPORT_FILES, *REPORT_PLOTS)
+#: The files an experiment (``samhess experiment``) writes into its directory under fixed
+#: names; its trajectories, in ``arms/``, each keep a file list of their own.
+EXPERIMENT_FILES = (CONFIG_FILE, SUMMARY_FILE, *REPORT_FILES)
 
 
 def _umask() -> int:
@@ -184,23 +191,33 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     write_bytes_atomic(path, checkpoint_bytes(state))
 
 
-def verify_archive(path: Path) -> None:
-    """Check the CRC-32 of every member of a checkpoint's zip archive.
+def archive_damage(path: Path) -> str | None:
+    """What is wrong with the zip archive ``torch.save`` wrote at ``path`` (unreadable, or a
+    member whose content does not match its CRC-32), or ``None`` when nothing is.
 
-    ``torch.load`` does not: a flipped bit in a tensor loads as a wrong number without a word.
-
-    Raises:
-        RunFileError: the archive is unreadable or a member's content does not match its CRC.
+    ``torch.load`` does not check the CRCs: a flipped bit in a tensor loads as a wrong number
+    without a word.
     """
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-        raise corrupt_checkpoint(path, exc) from None
+        return f"{type(exc).__name__}: {first_sentence(exc)}"
     if bad is not None:
-        raise RunFileError(f"checkpoint {path} is corrupt (the CRC-32 of its member {bad} does "
-                           "not match its content); remove it and start the run again with "
-                           "--force")
+        return f"the CRC-32 of its member {bad} does not match its content"
+    return None
+
+
+def verify_archive(path: Path) -> None:
+    """Check the CRC-32 of every member of a checkpoint's zip archive (:func:`archive_damage`).
+
+    Raises:
+        RunFileError: the archive is unreadable or a member's content does not match its CRC.
+    """
+    damage = archive_damage(path)
+    if damage is not None:
+        raise RunFileError(f"checkpoint {path} is corrupt ({damage}); remove it and start the "
+                           "run again with --force")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ the value.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,11 @@ __all__ = [
     "open_unit_interval",
     "setting_label",
     "invalid",
+    "settings_by_name",
+    "by_unique_name",
+    "normalize_key",
+    "check_values",
+    "markdown_row",
 ]
 
 
@@ -226,11 +232,60 @@ def invalid(key: str, value: object, requirement: str, source: str) -> UsageErro
     return UsageError(f"{setting_label(key, value, source)} is invalid: {requirement}")
 
 
+def by_unique_name(declarations: Sequence[Any], what: str) -> dict[str, Any]:
+    """``{declaration.name: declaration}``, refusing two declarations of one name.
+
+    Raises:
+        ValueError: two declarations share a name (``what`` says of what).
+    """
+    out: dict[str, Any] = {}
+    for declaration in declarations:
+        if declaration.name in out:
+            raise ValueError(f"{what} {declaration.name!r} is declared twice")
+        out[declaration.name] = declaration
+    return out
+
+
 def settings_by_name(settings: Sequence[Setting]) -> Mapping[str, Setting]:
     """``{name: setting}``, refusing two declarations of one name."""
-    out: dict[str, Setting] = {}
-    for setting in settings:
-        if setting.name in out:
-            raise ValueError(f"setting {setting.name!r} is declared twice")
-        out[setting.name] = setting
+    return by_unique_name(settings, "setting")
+
+
+def normalize_key(key: object, source: str) -> str:
+    """``weight-decay`` and ``weight_decay`` name the same key."""
+    if not isinstance(key, str):
+        raise SettingTypeError(f"{source}: key {key!r} is not a string")
+    return key.replace("-", "_")
+
+
+def check_values(values: Mapping[str, Any], settings: Mapping[str, Setting], *, source: str,
+                 other_keys: Sequence[str] = (), checked_last: Sequence[str] = ()
+                 ) -> dict[str, Any]:
+    """Every (key, value) of ``values`` checked against its declaration, typed.
+
+    Args:
+        values: keys as written (``weight-decay`` or ``weight_decay``) and their values.
+        settings: the declared settings by name.
+        source: how messages name the origin (:func:`setting_label`).
+        other_keys: keys valid elsewhere, offered as corrections of a typo.
+        checked_last: keys checked after the others (their choices may load registries).
+
+    Raises:
+        UsageError: an unknown key (with the closest known one) or a value out of range.
+        SettingTypeError: a value of the wrong type.
+    """
+    out: dict[str, Any] = {}
+    ordered = sorted(values.items(), key=lambda item: str(item[0]) in checked_last)
+    for raw_key, value in ordered:
+        key = normalize_key(raw_key, source)
+        if key not in settings:
+            close = difflib.get_close_matches(key, [*settings, *other_keys], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"{source}: unknown key {raw_key!r}{hint}")
+        out[key] = settings[key].check(value, source)
     return out
+
+
+def markdown_row(*cells: str) -> str:
+    """A markdown table row; a ``|`` inside a cell (``||g||``) is escaped."""
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"

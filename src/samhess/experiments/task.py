@@ -156,20 +156,38 @@ def _raise_on_nonfinite(optimizer: Any) -> None:
 
 
 class BatchOrder:
-    """Mini-batches as a function of the step: epoch = step // batches_per_epoch."""
+    """Mini-batches as a function of the step alone: epoch = step // batches_per_epoch.
 
-    def __init__(self, task: Task):
-        self.task = task
+    Epoch ``e`` visits the ``n`` examples in the permutation :func:`epoch_permutation` draws
+    for ``(seed, e)``, in ``floor(n / batch_size)`` full batches, so that a resumed run meets
+    the batches a straight run meets without any saved state.
+
+    Args:
+        inputs: the training inputs, ``(n, ...)``.
+        targets: the training targets, ``(n, ...)``.
+        batch_size: examples per batch, at most ``n``.
+        seed: the run's seed.
+    """
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int):
+        self.inputs, self.targets = inputs, targets
+        self.batch_size, self.seed = batch_size, seed
+        self.batches_per_epoch = inputs.shape[0] // batch_size
         self._epoch = -1
         self._order: torch.Tensor | None = None
 
+    @classmethod
+    def of_task(cls, task: Task) -> BatchOrder:
+        """The batch order of a run's task."""
+        return cls(task.train_inputs, task.train_targets, task.config.batch_size,
+                   task.config.seed)
+
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        task = self.task
-        epoch, position = divmod(step, task.batches_per_epoch)
+        epoch, position = divmod(step, self.batches_per_epoch)
         if epoch != self._epoch:
-            order = epoch_permutation(task.config.seed, epoch, task.train_inputs.shape[0])
-            self._order = torch.as_tensor(order, device=task.train_inputs.device)
+            order = epoch_permutation(self.seed, epoch, self.inputs.shape[0])
+            self._order = torch.as_tensor(order, device=self.inputs.device)
             self._epoch = epoch
-        size = task.config.batch_size
+        size = self.batch_size
         index = self._order[position * size:(position + 1) * size]
-        return task.train_inputs[index], task.train_targets[index]
+        return self.inputs[index], self.targets[index]

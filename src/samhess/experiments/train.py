@@ -197,7 +197,7 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
     device = next(task.model.parameters()).device
     on_main_process(note_environment, out, environment(device, get_world_size()), state.step)
     writer = _tensorboard_writer(out, config, resumed_from)
-    order = BatchOrder(task)
+    order = BatchOrder.of_task(task)
     context = StepContext(kind=task.kind, optimizer=task.optimizer, model=task.model,
                           loss_fn=task.loss_fn, train_model=_data_parallel(task.model),
                           label_generator=task.label_generator,
