@@ -2,9 +2,9 @@
 
 The blocks (:class:`Banner`, :class:`Heading`, :class:`Text`, :class:`Bullets`,
 :class:`Verdicts`, :class:`Table`, :class:`Image`, :class:`Details`) say what the page holds;
-:func:`markdown` and :func:`html_page` say how it looks. The HTML embeds every PNG (``data:`` URIs), loads nothing,
-runs no script, and keeps table cells on one line (a mean and its spread are joined by
-non-breaking spaces) in a page that fits 1280 pixels.
+:func:`markdown` and :func:`html_page` say how it looks. The HTML embeds every PNG (``data:``
+URIs), loads nothing, runs no script, and keeps table cells on one line (a mean and its spread
+are joined by non-breaking spaces) in a page that fits 1280 pixels.
 """
 
 from __future__ import annotations
