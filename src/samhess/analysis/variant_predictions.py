@@ -94,11 +94,21 @@ def _friendly_sam_rule(optimizer: FriendlySAM,
                                 "-lr (g + H e), e = rho d / ||d||, d = g - sigma m_t")
 
 
-def _looksam_rule(optimizer: LookSAM, context: PredictionContext) -> FirstOrderPrediction | None:
-    if optimizer.next_step_perturbs():
-        return sam_step_prediction(optimizer, context)
-    if sharpness_aware_setting(optimizer, context) is None:
-        return None
+def _sam_step_or(single_pass: Any) -> Any:
+    """The rule of a variant that switches between SAM's step and a single-pass one
+    (``single_pass(optimizer, context)``), as its :meth:`next_step_perturbs` says."""
+
+    def rule(optimizer: Any, context: PredictionContext) -> FirstOrderPrediction | None:
+        if optimizer.next_step_perturbs():
+            return sam_step_prediction(optimizer, context)
+        if sharpness_aware_setting(optimizer, context) is None:
+            return None
+        return single_pass(optimizer, context)
+
+    return rule
+
+
+def _looksam_reuse(optimizer: LookSAM, context: PredictionContext) -> FirstOrderPrediction:
     g = context.gradient
     kept = flatten([optimizer.state[p].get(_ORTHOGONAL, torch.zeros_like(p))
                     for p in context.params]).to(g)
@@ -108,11 +118,7 @@ def _looksam_rule(optimizer: LookSAM, context: PredictionContext) -> FirstOrderP
                                 "-lr (g + alpha ||g|| g_v / ||g_v||)")
 
 
-def _rst_rule(optimizer: RST, context: PredictionContext) -> FirstOrderPrediction | None:
-    if optimizer.next_step_perturbs():
-        return sam_step_prediction(optimizer, context)
-    if sharpness_aware_setting(optimizer, context) is None:
-        return None
+def _gradient_step(optimizer: RST, context: PredictionContext) -> FirstOrderPrediction:
     return FirstOrderPrediction(StepForm.GRADIENT, -context.rates * context.gradient, 0.0,
                                 "-lr g", "1")
 
@@ -139,6 +145,6 @@ def _msam_rule(optimizer: MSAM, context: PredictionContext) -> FirstOrderPredict
 register_prediction(GSAM, _gsam_rule)
 register_prediction(WSAM, _wsam_rule)
 register_prediction(FriendlySAM, _friendly_sam_rule)
-register_prediction(LookSAM, _looksam_rule)
-register_prediction(RST, _rst_rule)
+register_prediction(LookSAM, _sam_step_or(_looksam_reuse))
+register_prediction(RST, _sam_step_or(_gradient_step))
 register_prediction(MSAM, _msam_rule)
