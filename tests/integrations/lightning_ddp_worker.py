@@ -61,6 +61,10 @@ def main(out: str) -> None:
                          use_distributed_sampler=False, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module)
+    # Lightning leaves the gloo group alive; a rank exiting with it still open can abort in gloo's
+    # threads at interpreter shutdown ("terminate called without an active exception").
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
     if int(os.environ["RANK"]) != 0:
         return
 
