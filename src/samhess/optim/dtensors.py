@@ -43,7 +43,10 @@ def local_shard(tensor: torch.Tensor) -> torch.Tensor:
 
 def local_shards(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """:func:`local_shard` of each tensor."""
-    return [local_shard(t) for t in tensors]
+    module = sys.modules.get("torch.distributed.tensor")
+    if module is None:  # no DTensor can exist: skip the per-tensor check (called every step)
+        return list(tensors)
+    return [t.to_local() if isinstance(t, module.DTensor) else t for t in tensors]
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -75,8 +78,12 @@ def global_norm(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = Non
         dtype: the dtype the norms are computed in (``torch.float64`` avoids the overflow of a
             float32 sum of squares).
     """
-    sharded = [t for t in tensors if is_dtensor(t)]
-    plain = [t for t in tensors if not is_dtensor(t)]
+    module = sys.modules.get("torch.distributed.tensor")
+    if module is None:
+        sharded, plain = [], list(tensors)
+    else:
+        sharded = [t for t in tensors if isinstance(t, module.DTensor)]
+        plain = [t for t in tensors if not isinstance(t, module.DTensor)]
     parts = [_norm_of_stack(group, dtype) for group in (sharded, plain) if group]
     if len(parts) == 1:
         return parts[0]
@@ -92,5 +99,7 @@ def _norm_of_stack(tensors: list[torch.Tensor], dtype: torch.dtype | None) -> to
         norms = [torch.linalg.vector_norm(t, dtype=dtype) for t in tensors]
         common = dtype
     device = norms[0].device
-    norm = torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=common) for n in norms]))
+    if any(n.dtype != common or n.device != device for n in norms):
+        norms = [n.to(device=device, dtype=common) for n in norms]
+    norm = torch.linalg.vector_norm(torch.stack(norms))
     return full_tensor(norm)

@@ -636,7 +636,8 @@ class SAM(Optimizer):
                 if self._pending:  # the scaler skipped: step() never ran
                     self._pending = False
                     self._step_skipped()
-        if zero_grad:
+        if zero_grad and self._base_step_due:
+            # a deferred base step (MSAM collecting a micro-batch) has already cleared them
             self.zero_grad()
 
     def _step_groups(self) -> list[StepGroup]:
