@@ -21,7 +21,12 @@ from samhess.optim import (
     disable_running_stats,
 )
 
-from .test_optim_resume import STEPS, assert_identical, batches, make_model
+from .test_optim_resume import (
+    assert_identical,
+    batches,
+    check_resume_is_bit_identical,
+    make_model,
+)
 from .test_optim_sam_training import SharpValley
 
 SGD_MOMENTUM = dict(lr=0.05, momentum=0.9)
@@ -95,37 +100,7 @@ RESUMED = [*VARIANTS, "ire-gsam", "ire-looksam", "ire-msam", "ire-bsam"]
 
 @pytest.mark.parametrize("name", RESUMED)
 def test_resumed_run_is_bit_identical(name):
-    data = batches()
-    straight_model = make_model(0)
-    straight, straight_scheduler = build(name, straight_model)
-    train(straight_model, straight, straight_scheduler, data)
-
-    model = make_model(0)
-    optimizer, scheduler = build(name, model)
-    train(model, optimizer, scheduler, data[:STEPS])
-    checkpoint = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict()})
-    del model, optimizer, scheduler
-
-    resumed_model = make_model(1)
-    resumed, resumed_scheduler = build(name, resumed_model)
-    resumed_model.load_state_dict(checkpoint["model"])
-    resumed.load_state_dict(checkpoint["optimizer"])
-    resumed_scheduler.load_state_dict(checkpoint["scheduler"])
-    train(resumed_model, resumed, resumed_scheduler, data[STEPS:])
-
-    assert_identical(resumed_model.state_dict(), straight_model.state_dict(), "model")
-    assert_identical(resumed.state_dict(), straight.state_dict(), "optimizer")
-    if isinstance(straight, IRE):  # one count per step, also over MSAM's micro-batches
-        assert resumed.step_count == straight.step_count == 2 * STEPS
-
-    # control: the same resume with the optimizer state left out is a different run
-    control_model = make_model(1)
-    control, control_scheduler = build(name, control_model)
-    control_model.load_state_dict(checkpoint["model"])
-    control_scheduler.load_state_dict(checkpoint["scheduler"])
-    train(control_model, control, control_scheduler, data[STEPS:])
-    assert not torch.equal(control_model[0].weight, straight_model[0].weight)
+    check_resume_is_bit_identical(name, build, train)
 
 
 def test_checkpoint_of_one_kind_does_not_load_into_another():
