@@ -20,7 +20,7 @@ from token_models import (
     token_batch,
 )
 
-from samhess.analysis import sharp_flat_gains, taylor_check, validity_map
+from samhess.analysis import sharp_flat_gains, taylor_check, third_derivative, validity_map
 from samhess.curvature import TokenCrossEntropy
 from samhess.optim import SAM
 
@@ -103,6 +103,33 @@ def test_an_analysis_batch_is_one_batch_even_when_inputs_and_targets_are_pairs()
     loss_fn(model(left, right), (labels, scale)).backward()
     gradient = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     assert check.grad_norm == pytest.approx(float(gradient.norm()), rel=1e-12)
+
+
+def test_third_derivative_of_a_model_with_several_inputs_against_finite_differences():
+    """grad^3 L[u, u] = d^2/dt^2 grad L(w + t u) at 0, by central differences (error O(t^2)) of
+    gradients from torch.func, a path independent of the library's; the model is called as
+    model(left, right)."""
+    torch.manual_seed(6)
+    model = TwoInputs().double()
+    left, right = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    labels = torch.randint(0, 4, (8,))
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    point = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(flat):
+        values = {n: c.view(s) for n, c, s in
+                  zip(names, torch.split(flat, [s.numel() for s in shapes]), shapes)}
+        return torch.nn.functional.cross_entropy(
+            torch.func.functional_call(model, values, (left, right)), labels)
+
+    gradient = torch.func.grad(loss)
+    u = torch.randn(point.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u = u / u.norm()
+    t = 1e-3
+    finite = (gradient(point + t * u) - 2 * gradient(point) + gradient(point - t * u)) / t**2
+    exact = third_derivative(model, torch.nn.functional.cross_entropy, ((left, right), labels), u)
+    assert float((exact - finite).norm() / exact.norm()) < 1e-5
 
 
 def test_analysis_refuses_a_wrong_batch_before_touching_anything(problem):

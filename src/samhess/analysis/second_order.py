@@ -45,6 +45,8 @@ from samhess.analysis._steps import (
 from samhess.analysis.gains import as_directions
 from samhess.analysis.results import SecondOrderGains
 from samhess.analysis.step_model import measure_steps
+from samhess.curvature.attention import math_attention
+from samhess.curvature.batches import call_model
 from samhess.curvature.vectors import flatten, unflatten
 from samhess.optim import SAM
 
@@ -79,13 +81,14 @@ def third_derivative(
     :math:`\sum_{jk} \partial_i\partial_j\partial_k L\, u_j u_k`.
 
     Computed as the gradient of :math:`u^\top \nabla^2 L(w)\, u` with :math:`u` held fixed:
-    a Hessian-vector product kept in the graph and differentiated once more. The model's
-    weights, buffers and ``.grad`` fields are untouched.
+    a Hessian-vector product kept in the graph and differentiated once more, with attention on
+    the math kernel (the fused ones have a first derivative only). The model's weights, buffers
+    and ``.grad`` fields are untouched.
 
     Args:
         model: the network at weights :math:`w`.
-        loss_fn: ``loss_fn(model(inputs), targets)`` -> mean batch loss.
-        batch: ``(inputs, targets)``.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean batch loss.
+        batch: ``(inputs, targets)``, any batch of :mod:`samhess.curvature.batches`.
         direction: the flat vector :math:`u`, in the order of ``params``.
         params: the parameters (default: the model's trainable parameters).
         eval_mode: evaluate in eval mode.
@@ -103,8 +106,8 @@ def third_derivative(
         )
     pieces = unflatten(direction.detach().reshape(-1).to(params[0].dtype), params)
     with preserved_training_state(model, []), evaluation_mode(model, eval_mode):
-        with torch.enable_grad():
-            loss = loss_fn(model(inputs), targets)
+        with torch.enable_grad(), math_attention():
+            loss = loss_fn(call_model(model, inputs), targets)
             gradient = _gradient_or_zeros(loss, params, create_graph=True)
             slope = sum((g * u).sum() for g, u in zip(gradient, pieces))
             hessian_u = _gradient_or_zeros(slope, params, create_graph=True)
