@@ -183,11 +183,14 @@ def _same_parameters(optimizer: Any, params: Sequence[torch.Tensor]) -> bool:
     return stepped == {id(p) for p in params}
 
 
-def _gradient_rule(optimizer: Any, context: PredictionContext) -> FirstOrderPrediction | None:
-    if not steps_plain_gradient(optimizer):
-        return None
+def gradient_step_prediction(context: PredictionContext) -> FirstOrderPrediction:
+    r"""The plain gradient step :math:`-\eta g`."""
     return FirstOrderPrediction(StepForm.GRADIENT, -context.rates * context.gradient, 0.0,
                                 "-lr g", "1")
+
+
+def _gradient_rule(optimizer: Any, context: PredictionContext) -> FirstOrderPrediction | None:
+    return gradient_step_prediction(context) if steps_plain_gradient(optimizer) else None
 
 
 def _uniform(groups: Sequence[dict[str, Any]], key: str) -> Any:

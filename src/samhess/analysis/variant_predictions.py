@@ -32,6 +32,7 @@ from samhess.analysis.predictions import (
     FirstOrderPrediction,
     PredictionContext,
     StepForm,
+    gradient_step_prediction,
     perturbation,
     perturbation_scaling,
     register_prediction,
@@ -118,11 +119,6 @@ def _looksam_reuse(optimizer: LookSAM, context: PredictionContext) -> FirstOrder
                                 "-lr (g + alpha ||g|| g_v / ||g_v||)")
 
 
-def _gradient_step(optimizer: RST, context: PredictionContext) -> FirstOrderPrediction:
-    return FirstOrderPrediction(StepForm.GRADIENT, -context.rates * context.gradient, 0.0,
-                                "-lr g", "1")
-
-
 def _msam_rule(optimizer: MSAM, context: PredictionContext) -> FirstOrderPrediction | None:
     setting = sharpness_aware_setting(optimizer, context)
     if setting is None or context.model is None:
@@ -146,5 +142,5 @@ register_prediction(GSAM, _gsam_rule)
 register_prediction(WSAM, _wsam_rule)
 register_prediction(FriendlySAM, _friendly_sam_rule)
 register_prediction(LookSAM, _sam_step_or(_looksam_reuse))
-register_prediction(RST, _sam_step_or(_gradient_step))
+register_prediction(RST, _sam_step_or(lambda _, context: gradient_step_prediction(context)))
 register_prediction(MSAM, _msam_rule)
