@@ -66,8 +66,13 @@ class RunFiles:
         return stored_provenance(self.config)
 
 
-def read_run(directory: Path) -> RunFiles:
+def read_run(directory: Path, records: list[dict[str, Any]] | None = None) -> RunFiles:
     """Read one run directory.
+
+    Args:
+        directory: the run directory.
+        records: its log's records when the caller has already read them (a comparison reads
+            each member's log to see whether it started); read here otherwise.
 
     Raises:
         RunFileError: ``config.json``, ``metrics.jsonl`` or ``analysis.json`` is missing or
@@ -83,7 +88,8 @@ def read_run(directory: Path) -> RunFiles:
         # provenance, no setting, kept as recorded
         config = {**read_run_config(directory).to_dict(),
                   PROVENANCE_KEY: stored_provenance(stored)}
-    records = MetricsLog(directory / METRICS_FILE).records()
+    if records is None:
+        records = MetricsLog(directory / METRICS_FILE).records()
     if not records:
         raise RunFileError(f"{directory / METRICS_FILE} holds no records; the run has not "
                            "started")
@@ -138,10 +144,10 @@ def read_groups(directory: Path) -> RunGroups:
             runs = []
             for seed in range(spec.seeds):
                 run_dir = run_dir_of(directory, name, seed)
-                started = ((run_dir / CONFIG_FILE).exists()
+                records = ((run_dir / CONFIG_FILE).exists()
                            and MetricsLog(run_dir / METRICS_FILE).records())
-                if started:
-                    runs.append(read_run(run_dir))
+                if records:
+                    runs.append(read_run(run_dir, records))
                 else:
                     not_started.append((name, seed))
             if runs:
