@@ -1,8 +1,8 @@
 """Reports of a run or a comparison, rebuilt from the run files alone.
 
-:func:`build_report` reads ``config.json``, ``metrics.jsonl``, ``timing.json`` and
-``analysis/analysis.json`` of each run (:mod:`samhess.experiments.report_runs`) and writes,
-into the run's (or the comparison's) directory:
+:func:`build_report` reads ``config.json``, ``metrics.jsonl`` and ``analysis/analysis.json``
+of each run (:mod:`samhess.experiments.report_runs`) and writes, into the run's (or the
+comparison's) directory:
 
 * ``summary.json``: for a comparison, each optimizer's name mapped to its entry; for one run,
   the entry itself (:mod:`samhess.experiments.report_summary`);
