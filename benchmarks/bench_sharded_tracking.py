@@ -32,8 +32,7 @@ def _worker(out: Path, batch: int, repeats: int) -> None:
     from torch import nn
 
     from samhess.distributed import distributed_session, get_rank
-    from samhess.experiments.tracking import TrackingSetup, curvature_data
-    from samhess.curvature import HessianOperator, eigenpairs, trace
+    from samhess.experiments.tracking import TrackingSetup, measure_curvature
 
     with distributed_session():
         torch.manual_seed(0)
@@ -48,10 +47,8 @@ def _worker(out: Path, batch: int, repeats: int) -> None:
         seconds = []
         for _ in range(repeats + 1):  # the first round warms up
             started = time.process_time()
-            operator = HessianOperator(model, setup.loss_fn, curvature_data(setup.batch))
-            eigenpairs(operator, setup.top_k, which="largest", seed=setup.seed)
-            trace(operator, setup.trace_matvecs, method="hutch++", seed=setup.seed)
-            operator.gradient()
+            # Without an optimizer a record is its curvature alone: no gains, no real step.
+            measure_curvature(model, None, setup)
             seconds.append(time.process_time() - started)
         (out / f"rank-{get_rank()}.json").write_text(json.dumps(seconds[1:]))
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from samhess.curvature import fisher_diagonal  # noqa: E402
 from samhess.integrations.lightning import SharpnessAwareMixin  # noqa: E402
-from samhess.optim import ASAM, IRE, SAM, USAM, disable_running_stats  # noqa: E402
+from samhess.optim import ASAM, BSAM, IRE, MSAM, SAM, USAM, LookSAM, disable_running_stats  # noqa: E402
 
 BATCH = 16
 STEPS = 4
@@ -65,6 +65,9 @@ OPTIMIZERS = {
                               gamma=0.5, refresh_every=2),
     "sam-ire": lambda params: IRE(SAM(params, torch.optim.SGD, rho=0.05, lr=0.1), kappa=1.0,
                                   gamma=0.5, refresh_every=2),
+    # SAM's step at steps 0 and 2, its single-pass step (no pass at w + e) at 1 and 3
+    "looksam": lambda params: LookSAM(params, torch.optim.SGD, rho=0.05, k=2, lr=0.1,
+                                      momentum=0.9),
 }
 
 
@@ -97,7 +100,7 @@ class Classifier(SharpnessAwareMixin, pl.LightningModule):
         self.optimizer_name = optimizer
         self.automatic_optimization = not manual
         self.hook_calls = {"on_before_optimizer_step": 0, "curvature_diagonal": 0,
-                           "training_step at w": 0}
+                           "training_step at w": 0, "training_step at w + e": 0}
 
     def loss(self, batch) -> torch.Tensor:
         x, y = batch
@@ -105,14 +108,15 @@ class Classifier(SharpnessAwareMixin, pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.hook_calls["training_step at w"] += not self.perturbed_pass
+        self.hook_calls["training_step at w + e"] += self.perturbed_pass
         if self.automatic_optimization:
             loss = self.loss(batch)
         else:
             opt = self.optimizers()
             loss = self.loss(batch)
             self.manual_backward(loss)
-            opt.first_step(zero_grad=True)
-            self.manual_backward(self.loss(batch))
+            if opt.first_step(zero_grad=True):
+                self.manual_backward(self.loss(batch))
             opt.second_step(zero_grad=True)
         self.log("loss", loss.detach().to(torch.float64))
         return loss
@@ -162,8 +166,7 @@ def reference(optimizer: str, dtype: torch.dtype, data: TensorDataset, steps: in
         if isinstance(opt, IRE) and opt.needs_refresh():
             opt.update_mask(diagonal(model, window[0]))
         pass_over(window, record=True)
-        if two_pass:
-            opt.first_step(zero_grad=True, grad_scaler=scaler)
+        if two_pass and opt.first_step(zero_grad=True, grad_scaler=scaler):
             with disable_running_stats(model):
                 pass_over(window, record=False)
         if scaler:
@@ -215,6 +218,9 @@ def test_float64_training_equals_the_two_step_loop_exactly(optimizer, manual):
     assert all(torch.equal(a, b) for a, b in zip(logged, losses))
     assert module.hook_calls["on_before_optimizer_step"] == STEPS
     assert module.hook_calls["training_step at w"] == STEPS
+    if not manual:  # the pass at w + e only on the steps that perturb (LookSAM: every k-th)
+        perturbed = {"ire": 0, "looksam": STEPS // 2}.get(optimizer, STEPS)
+        assert module.hook_calls["training_step at w + e"] == perturbed
     if optimizer in ("ire", "sam-ire"):
         assert module.hook_calls["curvature_diagonal"] == STEPS // 2  # refresh_every=2
 
@@ -228,7 +234,7 @@ def test_float32_training_agrees_with_the_two_step_loop(optimizer):
     assert_same_state(module, model, atol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["sam", "asam", "sam-ire"])
+@pytest.mark.parametrize("optimizer", ["sam", "asam", "sam-ire", "looksam"])
 def test_accumulated_batches_give_the_large_batch_step(optimizer):
     data = dataset(torch.float64, BATCH * STEPS * 2)
     module = Classifier(optimizer, torch.float64)
@@ -306,6 +312,24 @@ def test_ire_without_a_curvature_diagonal_is_refused_when_fitting_starts():
                                          r"curvature_diagonal\(batch\)"):
         fit(NoDiagonal("sam-ire", torch.float64), dataset(torch.float64, BATCH),
             precision="64-true")
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda params: MSAM(params, torch.optim.SGD, m=4, lr=0.1),
+     r"^MSAM with m=4 is not supported in Lightning: it perturbs each of m micro-batches"),
+    (lambda params: BSAM(params, lr=0.1, num_data=64),
+     r"^BSAM is not supported in Lightning: its first pass runs at noisy weights"),
+])
+@pytest.mark.parametrize("manual", [False, True], ids=["automatic", "manual"])
+def test_an_optimizer_whose_step_is_not_one_pair_per_batch_is_refused(build, message, manual):
+    class Refused(Classifier):
+        def configure_optimizers(self):
+            return build(self.parameters())
+
+    module = Refused("sam", torch.float64, manual=manual)
+    with pytest.raises(ValueError, match=message):
+        fit(module, dataset(torch.float64, BATCH), precision="64-true")
+    assert module.global_step == 0
 
 
 def test_an_unsupported_precision_plugin_is_refused_when_fitting_starts():

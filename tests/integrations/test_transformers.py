@@ -20,7 +20,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import SequentialSampler  # noqa: E402
 
 from samhess.integrations.transformers import SharpnessAwareTrainer  # noqa: E402
-from samhess.optim import ASAM, IRE, SAM, disable_running_stats  # noqa: E402
+from samhess.optim import ASAM, IRE, MSAM, SAM, LookSAM, disable_running_stats  # noqa: E402
 
 BATCH, ACCUMULATE, STEPS, LENGTH = 4, 2, 3, 5
 
@@ -52,7 +52,10 @@ class Tagger(nn.Module):
 class TokenCountTagger(Tagger):
     """Takes the Trainer's ``num_items_in_batch`` (labelled tokens of the whole step)."""
 
+    forward_calls = 0
+
     def forward(self, x, labels, num_items_in_batch=None, **kwargs):
+        self.forward_calls += 1
         losses = self.token_losses(x, labels)
         if num_items_in_batch is None:
             return {"loss": losses.sum() / labels.ne(-100).sum()}
@@ -84,6 +87,8 @@ OPTIMIZERS = {
                                   gamma=0.5, refresh_every=2),
     "ire": lambda params: IRE(torch.optim.AdamW(params, lr=0.01), kappa=1.0, gamma=0.5,
                               refresh_every=2),
+    # SAM's step at steps 0 and 2, its single-pass step (no pass at w + e) at step 1
+    "looksam": lambda params: LookSAM(params, torch.optim.SGD, rho=0.05, k=2, lr=0.1),
 }
 
 
@@ -137,8 +142,7 @@ def reference(model_class, optimizer, max_grad_norm, dtype=torch.float64, autoca
             return total
 
         losses.append(float(accumulate()))
-        if two_pass:
-            opt.first_step(zero_grad=True)
+        if two_pass and opt.first_step(zero_grad=True):
             with disable_running_stats(model):
                 accumulate()
         if max_grad_norm > 0:
@@ -159,6 +163,7 @@ def reference(model_class, optimizer, max_grad_norm, dtype=torch.float64, autoca
         (TokenCountTagger, "asam", 0.5),
         (TokenCountTagger, "sam-ire", 0.0),
         (TokenCountTagger, "ire", 0.0),
+        (TokenCountTagger, "looksam", 0.5),
     ],
 )
 def test_trainer_equals_the_large_batch_two_step_loop(model_class, optimizer, max_grad_norm,
@@ -170,6 +175,9 @@ def test_trainer_equals_the_large_batch_two_step_loop(model_class, optimizer, ma
     assert trainer.state.global_step == STEPS
     logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert logged == pytest.approx(losses, rel=1e-6)  # the Trainer sums losses in float32
+    if model_class is TokenCountTagger:  # the replay at w + e only on the steps that perturb
+        perturbed = {"ire": 0, "looksam": 2}.get(optimizer, STEPS)
+        assert ours.forward_calls == (STEPS + perturbed) * ACCUMULATE
 
 
 def test_bfloat16_training_agrees_with_the_autocast_loop(tmp_path):
@@ -206,6 +214,18 @@ def test_fp16_with_sam_is_refused_when_training_starts(tmp_path):
                                     optimizers=(OPTIMIZERS["sam"](model.parameters()), None))
     with pytest.raises(ValueError, match=r"^fp16=True is not supported with a samhess SAM "
                                          r"optimizer in SharpnessAwareTrainer"):
+        trainer.create_optimizer()
+
+
+def test_msam_over_micro_batches_is_refused_when_training_starts(tmp_path):
+    model = Tagger()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True,
+                                          report_to="none", save_strategy="no")
+    optimizer = MSAM(model.parameters(), torch.optim.SGD, m=2, lr=0.1)
+    trainer = SharpnessAwareTrainer(model=model, args=args, train_dataset=examples(4),
+                                    optimizers=(optimizer, None))
+    with pytest.raises(ValueError, match=r"^MSAM with m=2 is not supported in "
+                                         r"SharpnessAwareTrainer: it perturbs each of m"):
         trainer.create_optimizer()
 
 

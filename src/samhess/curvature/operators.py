@@ -153,7 +153,6 @@ class CurvatureOperator:
         self._watched = [*model.parameters(), *model.buffers()]
         self._cached_state: Any = None
         self._cached_key: tuple | None = None
-        self._reused_cached_state = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -197,7 +196,6 @@ class CurvatureOperator:
             products = self._products_on(self._kept_state(), rows)
             self.num_matvecs += rows.shape[0]
             return products
-        self._reused_cached_state = False
         (products, loss), _ = mean_over_data(
             lambda inputs, targets: self._batch_product(inputs, targets, rows),
             self.data,
@@ -205,15 +203,14 @@ class CurvatureOperator:
             dtype=self.dtype,
             weight=self._weight,
         )
-        # A kept graph's loss was checked when it was built, so a product on it skips the check
-        # (a host-device synchronisation). A sharded mean also holds the other ranks' losses,
-        # whose graphs may have been rebuilt: it is checked every time, on every rank alike.
-        if not self._reused_cached_state or isinstance(self.data, ShardedData):
-            try:
-                check_finite_loss(loss, "curvature")
-            except ValueError:
-                self._cached_state = self._cached_key = None
-                raise
+        # Checked on every product, a kept graph's included: here a graph is kept only for a
+        # sharded batch, whose mean also holds the other ranks' losses, and their graphs may have
+        # been rebuilt; every rank checks alike.
+        try:
+            check_finite_loss(loss, "curvature")
+        except ValueError:
+            self._cached_state = self._cached_key = None
+            raise
         self.num_matvecs += rows.shape[0]
         return products
 
@@ -241,36 +238,39 @@ class CurvatureOperator:
         raise NotImplementedError
 
     def _state_for(self, inputs: Any, targets: Any) -> Any:
-        """:meth:`_prepare`, kept between products when the data is a single batch.
-
-        The cache is dropped when a parameter, buffer or the batch changes in place (their
-        version counters move), so an operator built before a training step stays correct.
-        """
+        """:meth:`_prepare`, kept between products (:meth:`_cached`) when this rank's data is a
+        single batch of a ``ShardedData``; an unsharded single batch takes :meth:`_kept_state`."""
         if not (self.cache_graph and holds_single_batch(self.data)):
             return self._prepare(inputs, targets)
-        key = self._version_key()
-        if self._cached_key == key:
-            self._reused_cached_state = True
-        else:
-            self._cached_state = None  # free the old graph before building a new one
-            self._cached_state = self._prepare(inputs, targets)
-            self._cached_key = key
-        return self._cached_state
+        return self._cached(lambda: self._prepare(inputs, targets))
 
     def _kept_state(self) -> Any:
         """The state of the single batch, rebuilt when a parameter, buffer or the batch changed.
 
         Its loss is checked once, when it is built.
         """
-        key = self._version_key()
-        if self._cached_key != key:
-            self._cached_state = self._cached_key = None  # free the old graph before building a new one
+
+        def build() -> Any:
             ((inputs, targets),) = iterate_batches(self.data, device=self.device, dtype=self.dtype)
             if isinstance(targets, torch.Tensor) and targets.numel() == 0:
                 raise ValueError("data holds no examples")
             state = self._prepare(inputs, targets)
             check_finite_loss(state.loss, "curvature")
-            self._cached_state, self._cached_key = state, key
+            return state
+
+        return self._cached(build)
+
+    def _cached(self, build: Callable[[], Any]) -> Any:
+        """The kept state, or ``build()`` kept in its place when the version key has moved.
+
+        The key moves when a parameter, buffer or the batch changes in place (their version
+        counters), so an operator built before a training step stays correct.
+        """
+        key = self._version_key()
+        if self._cached_key != key:
+            self._cached_state = self._cached_key = None  # free the old graph before building a new one
+            self._cached_state = build()
+            self._cached_key = key
         return self._cached_state
 
     def _version_key(self) -> tuple:

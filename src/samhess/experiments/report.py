@@ -1,8 +1,8 @@
 """Reports of a run or a comparison, rebuilt from the run files alone.
 
-:func:`build_report` reads ``config.json``, ``metrics.jsonl``, ``timing.json`` and
-``analysis/analysis.json`` of each run (:mod:`samhess.experiments.report_runs`) and writes,
-into the run's (or the comparison's) directory:
+:func:`build_report` reads ``config.json``, ``metrics.jsonl`` and ``analysis/analysis.json``
+of each run (:mod:`samhess.experiments.report_runs`) and writes, into the run's (or the
+comparison's) directory:
 
 * ``summary.json``: for a comparison, each optimizer's name mapped to its entry; for one run,
   the entry itself (:mod:`samhess.experiments.report_summary`);
@@ -57,7 +57,7 @@ from samhess.experiments.report_figures import (
 )
 from samhess.experiments.report_pages import (
     PLOTS_DIR, Banner, Block, Bullets, Details, Heading, Image, Table, Text, Verdicts, html_page,
-    markdown, stat_cell, text_table,
+    markdown, setting_text, stat_cell, text_table,
 )
 from samhess.experiments.report_plotting import BAND_TEXT, Drawn, default_style
 from samhess.experiments.report_runs import RunFiles, RunGroups, kind_of, label, read_groups
@@ -312,21 +312,9 @@ def provenance_rows(groups: dict[str, list[RunFiles]]) -> list[list[str]] | None
     return rows
 
 
-def _setting_text(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list):
-        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def configuration_rows(config: dict[str, Any]) -> list[list[str]]:
     """Every resolved setting of a run, as stored in its config.json."""
-    return [["setting", "value"]] + [[key, _setting_text(value)]
+    return [["setting", "value"]] + [[key, setting_text(value)]
                                      for key, value in run_settings(config).items()]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from samhess.experiments.report_claims import Claim
 
 __all__ = ["Banner", "Heading", "Text", "Bullets", "Verdicts", "Table", "Image", "Details", "Block",
-           "markdown", "html_page", "text_table", "PLOTS_DIR"]
+           "markdown", "html_page", "text_table", "setting_text", "PLOTS_DIR"]
 
 PLOTS_DIR = "plots"
 _NBSP = "\u00a0"
@@ -213,6 +213,20 @@ def text_table(rows: list[list[str]]) -> str:
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def setting_text(value: Any) -> str:
+    """A setting's value as the pages state it: floats in ``:g``, lists joined by commas,
+    switches ``on``/``off``, an unset value ``none``."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def stat_cell(stat: dict[str, Any] | None, spec: str) -> str:

@@ -13,7 +13,7 @@ from samhess.experiments.metrics_log import MetricsLog
 from samhess.experiments.optimizer_kinds import OPTIMIZER_KINDS, OptimizerKind
 from samhess.experiments.provenance import PROVENANCE_KEY, stored_provenance
 from samhess.experiments.rundir import read_compare_config, read_run_config
-from samhess.experiments.runfiles import COMPARE_FILE, CONFIG_FILE, METRICS_FILE, TIMING_FILE
+from samhess.experiments.runfiles import COMPARE_FILE, CONFIG_FILE, METRICS_FILE
 
 __all__ = ["ANALYSIS_FILE", "TRACKER_SOURCE", "RunFiles", "RunGroups", "read_run",
            "read_groups", "run_dir_of", "kind_of", "label"]
@@ -46,7 +46,6 @@ class RunFiles:
     directory: Path
     config: dict[str, Any]
     records: list[dict[str, Any]]
-    timing: dict[str, Any] | None
     analysis: dict[str, Any] | None
     #: Parts of the final analysis that failed, with their errors (left out of ``analysis``).
     analysis_errors: dict[str, str] = field(default_factory=dict)
@@ -66,8 +65,13 @@ class RunFiles:
         return stored_provenance(self.config)
 
 
-def read_run(directory: Path) -> RunFiles:
+def read_run(directory: Path, records: list[dict[str, Any]] | None = None) -> RunFiles:
     """Read one run directory.
+
+    Args:
+        directory: the run directory.
+        records: its log's records when the caller has already read them (a comparison reads
+            each member's log to see whether it started); read here otherwise.
 
     Raises:
         RunFileError: ``config.json``, ``metrics.jsonl`` or ``analysis.json`` is missing or
@@ -83,12 +87,11 @@ def read_run(directory: Path) -> RunFiles:
         # provenance, no setting, kept as recorded
         config = {**read_run_config(directory).to_dict(),
                   PROVENANCE_KEY: stored_provenance(stored)}
-    records = MetricsLog(directory / METRICS_FILE).records()
+    if records is None:
+        records = MetricsLog(directory / METRICS_FILE).records()
     if not records:
         raise RunFileError(f"{directory / METRICS_FILE} holds no records; the run has not "
                            "started")
-    timing_path = directory / TIMING_FILE
-    timing = runfiles.read_json(timing_path) if timing_path.exists() else None
     analysis_path = directory / ANALYSIS_FILE
     analysis = runfiles.read_json(analysis_path) if analysis_path.exists() else None
     errors: dict[str, str] = {}
@@ -97,8 +100,8 @@ def read_run(directory: Path) -> RunFiles:
             raise RunFileError(f"{analysis_path} is not a samhess analysis")
         errors = failed_parts(analysis)
         analysis = {key: value for key, value in analysis.items() if key not in errors}
-    return RunFiles(directory=directory, config=config, records=records, timing=timing,
-                    analysis=analysis, analysis_errors=errors)
+    return RunFiles(directory=directory, config=config, records=records, analysis=analysis,
+                    analysis_errors=errors)
 
 
 def run_dir_of(compare_dir: Path, optimizer: str, seed: int) -> Path:
@@ -138,10 +141,10 @@ def read_groups(directory: Path) -> RunGroups:
             runs = []
             for seed in range(spec.seeds):
                 run_dir = run_dir_of(directory, name, seed)
-                started = ((run_dir / CONFIG_FILE).exists()
+                records = ((run_dir / CONFIG_FILE).exists()
                            and MetricsLog(run_dir / METRICS_FILE).records())
-                if started:
-                    runs.append(read_run(run_dir))
+                if records:
+                    runs.append(read_run(run_dir, records))
                 else:
                     not_started.append((name, seed))
             if runs:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.optim import Optimizer
 
-from samhess.optim import IRE, SAM
+from samhess.optim import BSAM, IRE, MSAM, SAM
 
 
 def is_two_pass(optimizer: Optimizer) -> bool:
@@ -21,6 +21,33 @@ def is_two_pass(optimizer: Optimizer) -> bool:
     return isinstance(optimizer, SAM) or (
         isinstance(optimizer, IRE) and isinstance(optimizer.optimizer, SAM)
     )
+
+
+def check_one_step_per_batch(optimizer: Optimizer, framework: str) -> None:
+    """Refuse a two-pass optimizer whose step is not one ``first_step``/``second_step`` pair
+    over the framework's batch.
+
+    :class:`~samhess.optim.MSAM` with ``m > 1`` perturbs each of ``m`` micro-batches of a batch
+    separately and takes the base step after the ``m``-th ``second_step``: driven once per batch,
+    it would take one base step every ``m`` framework steps, over ``m`` different batches.
+    :class:`~samhess.optim.BSAM` takes its first pass at noisy weights
+    (``BSAM.noisy_weights``), which the frameworks' forward pass does not enter.
+
+    Raises:
+        ValueError: naming the optimizer and the framework.
+    """
+    sam = optimizer.optimizer if isinstance(optimizer, IRE) else optimizer
+    if isinstance(sam, MSAM) and sam.m > 1:
+        raise ValueError(
+            f"MSAM with m={sam.m} is not supported in {framework}: it perturbs each of m "
+            "micro-batches separately and steps after the m-th; use SAM, or MSAM in a "
+            "hand-written loop (docs/optim.md)"
+        )
+    if isinstance(sam, BSAM):
+        raise ValueError(
+            f"BSAM is not supported in {framework}: its first pass runs at noisy weights "
+            "(BSAM.noisy_weights()); use it in a hand-written loop (docs/optim.md)"
+        )
 
 
 def scaled_optimizer(optimizer: Optimizer) -> Optimizer:

@@ -56,7 +56,12 @@ from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy, Stra
 from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 from torch.optim import Optimizer
 
-from samhess.integrations._common import is_two_pass, refresh_mask, scaled_optimizer
+from samhess.integrations._common import (
+    check_one_step_per_batch,
+    is_two_pass,
+    refresh_mask,
+    scaled_optimizer,
+)
 from samhess.optim import IRE, disable_running_stats
 
 __all__ = ["SharpnessAwareMixin", "SharpnessAwareOptimizer"]
@@ -130,14 +135,20 @@ class SharpnessAwareOptimizer:
         """The samhess optimizer (``SAM`` or ``IRE`` over one) that ``configure_optimizers`` returned."""
         return self._lightning_optimizer.optimizer
 
-    def first_step(self, zero_grad: bool = False) -> None:
-        """Move to :math:`w + e` (``SAM.first_step`` with the trainer's GradScaler)."""
+    def first_step(self, zero_grad: bool = False) -> bool:
+        """Move to :math:`w + e` (``SAM.first_step`` with the trainer's GradScaler).
+
+        Returns:
+            Whether the step needs the second pass; ``False`` on the single-pass steps of
+            LookSAM and RST, which ``second_step`` completes with the gradient at :math:`w`.
+        """
         self._module._check_sharpness_aware_setup()
-        self.optimizer.first_step(  # type: ignore[attr-defined]
+        two_pass: bool = self.optimizer.first_step(  # type: ignore[attr-defined]
             zero_grad=zero_grad, grad_scaler=_grad_scaler(self._module.trainer)
         )
         self._frozen_statistics = contextlib.ExitStack()
         self._frozen_statistics.enter_context(disable_running_stats(self._module))
+        return two_pass
 
     def second_step(self, zero_grad: bool = False) -> None:
         """Return to :math:`w` and take the base step with the gradient at :math:`w + e`."""
@@ -165,8 +176,8 @@ class SharpnessAwareOptimizer:
             return None
         with torch.enable_grad():
             loss = closure()
-            self.first_step(zero_grad=True)
-            closure()
+            if self.first_step(zero_grad=True):
+                closure()
         self.second_step()
         return loss
 
@@ -228,6 +239,8 @@ class SharpnessAwareMixin(_ModuleBase):
         trainer = self.trainer
         optimizers = trainer.optimizers
         if any(is_two_pass(optimizer) for optimizer in optimizers):
+            for optimizer in optimizers:
+                check_one_step_per_batch(optimizer, "Lightning")
             precision, strategy = trainer.precision_plugin, trainer.strategy
             if type(precision) not in _PRECISIONS:
                 raise ValueError(
@@ -306,10 +319,10 @@ class SharpnessAwareMixin(_ModuleBase):
             raise RuntimeError("optimizer_step needs Lightning's closure in automatic optimization")
         if optimizer_closure() is None:
             return  # training_step returned None: Lightning skips the step
-        samhess_optimizer.first_step(  # type: ignore[attr-defined]
+        if samhess_optimizer.first_step(  # type: ignore[attr-defined]
             zero_grad=True, grad_scaler=_grad_scaler(self.trainer)
-        )
-        self._replay_at_perturbed_point(window, samhess_optimizer)
+        ):  # False: a single-pass step (LookSAM, RST), taken with the gradient at w
+            self._replay_at_perturbed_point(window, samhess_optimizer)
         _base_step(self, samhess_optimizer)
 
     def _replay_at_perturbed_point(

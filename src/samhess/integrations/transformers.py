@@ -36,7 +36,7 @@ from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
 from torch.optim import Optimizer
 
-from samhess.integrations._common import is_two_pass, refresh_mask
+from samhess.integrations._common import check_one_step_per_batch, is_two_pass, refresh_mask
 from samhess.optim import IRE, disable_running_stats
 
 __all__ = ["CurvatureDiagonal", "SharpnessAwareTrainer", "SharpnessAwareTrainerMixin"]
@@ -88,6 +88,7 @@ class SharpnessAwareTrainerMixin(_TrainerBase):
     def create_optimizer(self, *args: Any, **kwargs: Any) -> Optimizer:
         optimizer: Optimizer = super().create_optimizer(*args, **kwargs)
         if is_two_pass(optimizer):
+            check_one_step_per_batch(optimizer, type(self).__name__)
             refused = [
                 name
                 for name, on in (
@@ -127,7 +128,8 @@ class SharpnessAwareTrainerMixin(_TrainerBase):
         if not self.accelerator.sync_gradients:
             return loss
         replay, self._replay = self._replay, []
-        optimizer.first_step(zero_grad=True)
+        if not optimizer.first_step(zero_grad=True):
+            return loss  # a single-pass step (LookSAM, RST), taken with the gradient at w
         with disable_running_stats(model):
             for position, (micro_batch, items) in enumerate(replay):
                 last = position == len(replay) - 1

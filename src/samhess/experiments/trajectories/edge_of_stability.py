@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from samhess.experiments.optimizer_kinds import optimizer_kind
-from samhess.experiments.report_claims import Claim
+from samhess.experiments.report_claims import Claim, fmt
 from samhess.experiments.report_pages import Image
 from samhess.experiments.trajectories.arms import Arm, StartPoint
 from samhess.experiments.trajectories.experiment import (
@@ -156,9 +156,9 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
                     "median_stability": measurement.sam,
                     "final_train_loss": records[_name("sam", lr)][-1]["train_loss"]},
         }
-        table.append([f"{lr:g}", f"{2 / lr:.3f}", _fmt(measurement.gd_top),
-                      _fmt(measurement.gd), _fmt(measurement.sam_top), _fmt(grad_norm, "{:.3g}"),
-                      _fmt(measurement.sam)])
+        table.append([f"{lr:g}", f"{2 / lr:.3f}", fmt(measurement.gd_top, "{:.3f}"),
+                      fmt(measurement.gd, "{:.3f}"), fmt(measurement.sam_top, "{:.3f}"),
+                      fmt(grad_norm, "{:.3g}"), fmt(measurement.sam, "{:.3f}")])
     lrs = list(config["lrs"])
     figure = Image("edge.png", "lambda_max against 2/eta, and each optimizer's stability "
                     "quantity against its edge",
@@ -167,10 +167,6 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
     notes = [f"Medians over the records from {SETTLED_FRACTION:.0%} of the run on; ||g|| is the "
              "full-batch gradient's norm at the recorded step."]
     return Findings(summary, edge_claims(measurements), table, [figure], notes)
-
-
-def _fmt(value: float | None, spec: str = "{:.3f}") -> str:
-    return "n/a" if value is None else spec.format(value)
 
 
 def _draw(records: Records, lrs: list[float], rho: float, axes: Any) -> None:

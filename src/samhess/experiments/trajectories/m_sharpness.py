@@ -35,7 +35,7 @@ from typing import Any
 
 from samhess.errors import UsageError
 from samhess.experiments.matched_loss import crossing, matched_loss
-from samhess.experiments.report_claims import Claim
+from samhess.experiments.report_claims import Claim, fmt
 from samhess.experiments.report_pages import Image
 from samhess.experiments.trajectories.arms import Arm, StartPoint
 from samhess.experiments.trajectories.experiment import (
@@ -124,7 +124,7 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
             "micro_batch_size": size, "final_train_loss": run[-1]["train_loss"],
             "lambda_max_at_matched_loss": top, "hessian_trace_at_matched_loss": trace}
         table.append([str(size), str(config["batch_size"] // size),
-                      f"{run[-1]['train_loss']:.3g}", _fmt(top), _fmt(trace)])
+                      f"{run[-1]['train_loss']:.3g}", fmt(top), fmt(trace)])
     claims = m_sharpness_claims(rows) if len(rows) == len(runs) else [
         Claim("at matched train loss, smaller micro-batches end flatter", None,
               "the trajectories reached no common train loss")]
@@ -135,10 +135,6 @@ def findings(config: ExperimentConfig, records: Records) -> Findings:
         f"Matched train loss {loss:.4g}: the lowest every trajectory reached; values there are "
         "interpolated linearly in log loss between records."]
     return Findings(summary, claims, table, [figure], notes)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _draw(trajectories: Sequence[Arm], records: Records, loss: float | None, axes: Any) -> None:

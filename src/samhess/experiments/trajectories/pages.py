@@ -17,7 +17,8 @@ from typing import Any
 from samhess.experiments import runfiles
 from samhess.experiments.ownership import OwnedFiles
 from samhess.experiments.report_pages import (
-    PLOTS_DIR, Block, Heading, Table, Text, Verdicts, html_page, markdown, text_table,
+    PLOTS_DIR, Block, Heading, Table, Text, Verdicts, html_page, markdown, setting_text,
+    text_table,
 )
 from samhess.experiments.report_plotting import default_style, new_figure, png_bytes
 from samhess.experiments.runfiles import SUMMARY_FILE
@@ -79,17 +80,9 @@ class ExperimentReport:
         return "\n".join(lines)
 
 
-def _value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_value(item) for item in value)
-    return str(value)
-
-
 def _blocks(experiment: Experiment, config: ExperimentConfig, findings: Findings
             ) -> list[Block]:
-    settings = ", ".join(f"{name} = {_value(value)}" for name, value in
+    settings = ", ".join(f"{name} = {setting_text(value)}" for name, value in
                          config.identity().items() if name != "experiment")
     return [Text(f"{experiment.reference}."), Text(f"Claim: {experiment.claim}"),
             Text(f"Settings (samhess experiment {experiment.name}): {settings}.", note=True),

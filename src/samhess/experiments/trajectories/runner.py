@@ -44,7 +44,7 @@ from samhess.experiments.rundir import (
 from samhess.experiments.runfiles import ARMS_DIR, CHECKPOINT_FILE, CONFIG_FILE
 from samhess.experiments.trajectories.arms import Arm, StartPoint, arm_records, run_arm
 from samhess.experiments.trajectories.experiment import (
-    Experiment, ExperimentConfig, resolve_config,
+    Experiment, ExperimentConfig, Records, resolve_config,
 )
 from samhess.experiments.trajectories.interpolating import interpolating_point
 from samhess.experiments.trajectories.pages import ExperimentReport, write_report
@@ -121,7 +121,8 @@ def run_trajectory_experiment(experiment: Experiment, config: ExperimentConfig, 
                 _remove_trajectories(out)
                 abandon_run_dir(out)
             raise
-        return _report(out, experiment, config)
+        records = {arm.name: arm_records(out / ARMS_DIR / arm.name) for arm in arms}
+        return _report(out, experiment, config, records)
 
 
 def _remove_trajectories(out: Path) -> None:
@@ -145,9 +146,8 @@ def _steps_done(out: Path, arms: Sequence[Arm]) -> int:
     return done
 
 
-def _report(out: Path, experiment: Experiment, config: ExperimentConfig) -> ExperimentReport:
-    records = {arm.name: arm_records(out / ARMS_DIR / arm.name)
-               for arm in experiment.arms(config)}
+def _report(out: Path, experiment: Experiment, config: ExperimentConfig,
+            records: Records) -> ExperimentReport:
     return write_report(out, experiment, config, experiment.findings(config, records))
 
 
@@ -188,10 +188,11 @@ def rebuild_experiment_report(directory: str | Path) -> ExperimentReport:
         except UsageError as exc:
             # the message names the key as "config.json: key = value ..."
             raise RunFileError(f"{directory}{os.sep}{exc}") from None
+        records = {}
         for arm in experiment.arms(config):
-            records = arm_records(directory / ARMS_DIR / arm.name)
-            if not records or records[-1]["step"] != arm.steps:
+            records[arm.name] = arm_records(directory / ARMS_DIR / arm.name)
+            if not records[arm.name] or records[arm.name][-1]["step"] != arm.steps:
                 raise UsageError(f"{directory} has unfinished trajectories; finish them with "
                                  f"samhess experiment {experiment.name} --resume --out "
                                  f"{directory}")
-        return _report(directory, experiment, config)
+        return _report(directory, experiment, config, records)
