@@ -90,6 +90,32 @@ def test_third_derivative_against_finite_differences(digits_mlp, digits_batch,
     assert float((exact - finite).norm() / exact.norm()) < 1e-5
 
 
+def test_third_derivative_through_layer_norm_against_finite_differences(flat_loss_function):
+    """Through nn.LayerNorm, whose fused kernel has a wrong second derivative (35% off here
+    without samhess's formula in its place), against central differences of first-order
+    gradients, which the fused kernel gets right; the model's layer_norm is untouched after."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3)).double()
+    with torch.no_grad():  # an affine part away from its (1, 0) initialization
+        model[1].weight.add_(0.3 * torch.randn(6, dtype=torch.float64))
+        model[1].bias.add_(0.3 * torch.randn(6, dtype=torch.float64))
+    generator = torch.Generator().manual_seed(1)
+    batch = (torch.randn(8, 5, generator=generator, dtype=torch.float64),
+             torch.randint(0, 3, (8,), generator=generator))
+    loss_fn = nn.functional.cross_entropy
+    loss = flat_loss_function(model, loss_fn, batch)
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    u = torch.randn(w.numel(), generator=generator, dtype=torch.float64)
+    u = u / u.norm()
+    gradient = torch.func.grad(loss)
+    t = 1e-3
+    finite = (gradient(w + t * u) - 2 * gradient(w) + gradient(w - t * u)) / t**2
+    fused = nn.functional.layer_norm
+    exact = third_derivative(model, loss_fn, batch, u)
+    assert nn.functional.layer_norm is fused
+    assert float((exact - finite).norm() / exact.norm()) < 1e-5
+
+
 def test_remainders_fall_like_rho_squared_and_cubed_on_the_digits_mlp(digits_mlp, digits_batch):
     """Along the top-5 eigenvectors of the batch Hessian, between rho = 0.01 and 0.03, the
     first-order gain's error grows like rho^2 and the second-order one's like rho^3, and at

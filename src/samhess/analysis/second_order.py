@@ -43,6 +43,7 @@ from samhess.analysis._steps import (
     resolve_parameters,
 )
 from samhess.analysis.gains import as_directions
+from samhess.analysis.layer_norm_formula import layer_norm_as_formula
 from samhess.analysis.results import SecondOrderGains
 from samhess.analysis.step_model import measure_steps
 from samhess.curvature.attention import math_attention
@@ -82,8 +83,9 @@ def third_derivative(
 
     Computed as the gradient of :math:`u^\top \nabla^2 L(w)\, u` with :math:`u` held fixed:
     a Hessian-vector product kept in the graph and differentiated once more, with attention on
-    the math kernel (the fused ones have a first derivative only). The model's weights, buffers
-    and ``.grad`` fields are untouched.
+    the math kernel (the fused ones have a first derivative only) and layer normalization as
+    its formula (:mod:`samhess.analysis.layer_norm_formula`). The model's weights, buffers and
+    ``.grad`` fields are untouched.
 
     Args:
         model: the network at weights :math:`w`.
@@ -106,7 +108,9 @@ def third_derivative(
         )
     pieces = unflatten(direction.detach().reshape(-1).to(params[0].dtype), params)
     with preserved_training_state(model, []), evaluation_mode(model, eval_mode):
-        with torch.enable_grad(), math_attention():
+        # fused kernels without a correct higher derivative: attention's (none beyond the
+        # first), layer_norm's (a wrong second one)
+        with torch.enable_grad(), math_attention(), layer_norm_as_formula():
             loss = loss_fn(call_model(model, inputs), targets)
             gradient = _gradient_or_zeros(loss, params, create_graph=True)
             slope = sum((g * u).sum() for g, u in zip(gradient, pieces))
