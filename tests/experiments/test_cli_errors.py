@@ -16,7 +16,7 @@ import pytest
 from samhess.cli import main
 from samhess.errors import UsageError
 
-from .conftest import tiny_cli_args
+from .conftest import TINY_RUN_FLAGS, tiny_cli_args
 
 
 
@@ -101,6 +101,27 @@ def test_resuming_a_different_run_is_refused(tiny_run, tmp_path, capsys):
     assert main(["run", "--optimizer", "sam-ire", "--out", str(tiny_run), "--resume", "--force",
                  *tiny_cli_args()]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+def test_resuming_a_different_comparison_is_refused(tmp_path, capsys):
+    from samhess.experiments.compare import _claim_compare_dir
+    from samhess.experiments.config import build_compare_config
+
+    out = tmp_path / "cmp"
+    task = {**TINY_RUN_FLAGS, "steps": 4, "track_every": 2}
+    _claim_compare_dir(out, build_compare_config({}, {"optimizers": "sgd,sam", "seeds": 2,
+                                                      **task}), "fresh")
+    stored = (out / "compare.json").read_bytes()
+    for changed, difference in ((["--seeds", "3", *tiny_cli_args(steps=4, track_every=2)],
+                                 "seeds = 2 there, 3 now"),
+                                (["--seeds", "2", *tiny_cli_args(steps=5, track_every=2)],
+                                 "steps = 4 there, 5 now")):
+        assert main(["compare", "--out", str(out), "--resume", "--optimizers", "sgd,sam",
+                     "--quiet", *changed]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"samhess: error: cannot resume {out}: it holds a different comparison "
+            f"({difference}); use --force or another --out")
+    assert (out / "compare.json").read_bytes() == stored
 
 
 def test_corrupt_checkpoint_exits_2(tiny_run, tmp_path):

@@ -45,7 +45,7 @@ from samhess.experiments import runfiles
 from samhess.experiments.checkpoint import load_trained_task
 from samhess.experiments.lock import run_directory_lock
 from samhess.experiments.ownership import OwnedFiles
-from samhess.experiments.tracking import preserved_training_state
+from samhess.experiments.tracking import measured_parameters, preserved_training_state
 
 ANALYSIS_DIR = "analysis"
 ANALYSIS_JSON = "analysis.json"
@@ -89,7 +89,7 @@ def final_analysis(task: Any, *, step: int,
     config = task.config
     setup = task.tracking
     model, optimizer, loss_fn, batch = task.model, task.optimizer, task.loss_fn, setup.batch
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    params = measured_parameters(model, optimizer)
     result: dict[str, Any] = {"step": step, "steps": config.steps,
                               "complete": step == config.steps, "optimizer": config.optimizer,
                               "batch_size": int(batch[0].shape[0])}

@@ -25,7 +25,7 @@ from typing import Any
 from samhess.distributed import is_main_process, on_main_process
 from samhess.errors import RunDirectoryError
 from samhess.experiments import runfiles
-from samhess.experiments.config import PRESENTATION_KEYS, CompareConfig
+from samhess.experiments.config import CompareConfig
 from samhess.experiments.lock import run_directory_lock
 from samhess.experiments.ownership import OwnedFiles
 from samhess.experiments.progress import ComparisonProgress, progress_enabled
@@ -91,17 +91,15 @@ def _remove_comparison(out: Path) -> None:
 
 def _require_same_comparison(out: Path, stored: dict[str, Any], identity: dict[str, Any]
                              ) -> None:
-    for key in ("optimizers", "seeds"):
-        if stored.get(key) != identity[key]:
+    """Refuse to resume unless the stored comparison is this one (both are
+    :meth:`CompareConfig.identity`, presentation keys already left out)."""
+    compared = [(key, stored[key], identity[key]) for key in ("optimizers", "seeds")]
+    compared += [(key, stored["task"].get(key), identity["task"].get(key))
+                 for key in sorted(set(stored["task"]) | set(identity["task"]))]
+    for key, there, now in compared:
+        if there != now:
             raise RunDirectoryError(f"cannot resume {out}: it holds a different comparison "
-                                    f"({key} = {stored.get(key)!r} there, {identity[key]!r} "
-                                    "now); use --force or another --out")
-    task = {k: v for k, v in stored["task"].items() if k not in PRESENTATION_KEYS}
-    for key in sorted(set(task) | set(identity["task"])):
-        if task.get(key) != identity["task"].get(key):
-            raise RunDirectoryError(f"cannot resume {out}: it holds a different comparison "
-                                    f"({key} = {task.get(key)!r} there, "
-                                    f"{identity['task'].get(key)!r} now); use --force or "
+                                    f"({key} = {there!r} there, {now!r} now); use --force or "
                                     "another --out")
 
 

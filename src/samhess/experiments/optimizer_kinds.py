@@ -349,32 +349,6 @@ def ire_kind(name: str, label: str, colour: str, base: OptimizerKind) -> Optimiz
 SGD = register(OptimizerKind(
     name="sgd", label="SGD", colour="#1f77b4", summary="torch.optim.SGD", build=_sgd,
     reads=_SGD_READS, stability_edge=StabilityEdge.GRADIENT_DESCENT))
-SAM = register(OptimizerKind(
-    name="sam", label="SAM", colour="#d62728",
-    summary="SAM over SGD, e = rho g / ||g|| (Foret et al., ICLR 2021)",
-    build=_sam_family("SAM"), reads=_SAM_READS, protocol=StepProtocol.TWO_PASS,
-    per_replica_ascent=True, flatness_reference="sgd",
-    claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE),
-    stability_edge=StabilityEdge.SAM))
-USAM = register(OptimizerKind(
-    name="usam", label="USAM", colour="#ff7f0e",
-    summary="unnormalized SAM over SGD, e = rho g (Andriushchenko & Flammarion, ICML 2022)",
-    build=_sam_family("USAM"), reads=_SAM_READS, protocol=StepProtocol.TWO_PASS,
-    per_replica_ascent=True, flatness_reference="sgd",
-    claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE),
-    stability_edge=StabilityEdge.USAM))
-ASAM = register(OptimizerKind(
-    name="asam", label="ASAM", colour="#8c564b",
-    summary="adaptive SAM over SGD, e = rho |w|^2 g / || |w| g || (Kwon et al., ICML 2021)",
-    build=_sam_family("ASAM"), reads=_SAM_READS, defaults={"rho": 0.5},
-    protocol=StepProtocol.TWO_PASS, per_replica_ascent=True, flatness_reference="sgd",
-    claims=(ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)))
-IRE = register(ire_kind("ire", "IRE", "#2ca02c", SGD))
-SAM_IRE = register(ire_kind("sam-ire", "SAM-IRE", "#9467bd", SAM))
-ADAMW = register(OptimizerKind(
-    name="adamw", label="AdamW", colour="#7f7f7f", summary="torch.optim.AdamW", build=_adamw,
-    reads=("lr", "weight_decay"), defaults={"lr": 1e-3}))
-ADMIRE = register(ire_kind("admire", "AdmIRE", "#17becf", ADAMW))
 
 _SHARP_AND_FLAT = (ClaimKind.SHARP_FIRST, ClaimKind.FLATTER_THAN_REFERENCE)
 
@@ -383,13 +357,34 @@ def sam_variant_kind(name: str, label: str, colour: str, summary: str, class_nam
                      protocol: StepProtocol = StepProtocol.TWO_PASS,
                      claims: tuple[ClaimKind, ...] = _SHARP_AND_FLAT, seeded: bool = False,
                      check: Callable[[Any], str | None] | None = None,
-                     **own: str) -> OptimizerKind:
+                     defaults: Mapping[str, Any] | None = None, per_replica_ascent: bool = False,
+                     stability_edge: StabilityEdge | None = None, **own: str) -> OptimizerKind:
     """The kind of a SAM variant over SGD: SAM's hyperparameters plus its own ``own`` (keyword
     argument of the class -> setting), judged against SGD's flatness."""
     return OptimizerKind(
         name=name, label=label, colour=colour, summary=summary,
         build=_sam_family(class_name, seeded=seeded, **own), reads=(*_SAM_READS, *own.values()),
-        protocol=protocol, flatness_reference="sgd", claims=claims, check=check)
+        defaults=dict(defaults or {}), protocol=protocol, per_replica_ascent=per_replica_ascent,
+        flatness_reference="sgd", claims=claims, check=check, stability_edge=stability_edge)
+
+
+SAM = register(sam_variant_kind(
+    "sam", "SAM", "#d62728", "SAM over SGD, e = rho g / ||g|| (Foret et al., ICLR 2021)", "SAM",
+    per_replica_ascent=True, stability_edge=StabilityEdge.SAM))
+USAM = register(sam_variant_kind(
+    "usam", "USAM", "#ff7f0e",
+    "unnormalized SAM over SGD, e = rho g (Andriushchenko & Flammarion, ICML 2022)", "USAM",
+    per_replica_ascent=True, stability_edge=StabilityEdge.USAM))
+ASAM = register(sam_variant_kind(
+    "asam", "ASAM", "#8c564b",
+    "adaptive SAM over SGD, e = rho |w|^2 g / || |w| g || (Kwon et al., ICML 2021)", "ASAM",
+    defaults={"rho": 0.5}, per_replica_ascent=True))
+IRE = register(ire_kind("ire", "IRE", "#2ca02c", SGD))
+SAM_IRE = register(ire_kind("sam-ire", "SAM-IRE", "#9467bd", SAM))
+ADAMW = register(OptimizerKind(
+    name="adamw", label="AdamW", colour="#7f7f7f", summary="torch.optim.AdamW", build=_adamw,
+    reads=("lr", "weight_decay"), defaults={"lr": 1e-3}))
+ADMIRE = register(ire_kind("admire", "AdmIRE", "#17becf", ADAMW))
 
 
 def _micro_batches_divide_the_batch(config: Any) -> str | None:

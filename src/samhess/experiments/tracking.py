@@ -175,6 +175,16 @@ def curvature_data(batch: tuple[Any, Any]) -> Any:
     return ShardedData((shard.inputs, shard.targets))
 
 
+def measured_parameters(model: nn.Module, optimizer: Any) -> list[torch.Tensor]:
+    """The parameters whose curvature a record measures: the trainable ones the optimizer
+    updates, or every trainable parameter of ``model`` for ``optimizer=None``."""
+    from samhess.curvature import trainable_parameters
+
+    if optimizer is None:
+        return trainable_parameters(model)
+    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+
+
 def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) -> dict[str, Any]:
     """Eigenvalues, trace, gradient norm and sharp/flat gains on the tracking batch.
 
@@ -188,13 +198,10 @@ def measure_curvature(model: nn.Module, optimizer: Any, setup: TrackingSetup) ->
     ``None``.
     """
     from samhess.analysis import sharp_flat_gains
-    from samhess.curvature import HessianOperator, eigenpairs, trace, trainable_parameters
+    from samhess.curvature import HessianOperator, eigenpairs, trace
     from samhess.optim import IRE
 
-    if optimizer is None:
-        params = trainable_parameters(model)
-    else:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    params = measured_parameters(model, optimizer)
     operator = HessianOperator(model, setup.loss_fn, curvature_data(setup.batch), params=params)
     top = eigenpairs(operator, setup.top_k, which="largest", seed=setup.seed)
     estimate = trace(operator, setup.trace_matvecs, method="hutch++", seed=setup.seed)
@@ -249,10 +256,9 @@ def measure_record(model: nn.Module, optimizer: Any, setup: TrackingSetup, *, st
         curvature = measure_curvature(model, optimizer, setup)
         per_layer = None
         if layers:
-            params = [p for group in optimizer.param_groups for p in group["params"]
-                      if p.requires_grad]
             per_layer = measure_layer_curvature(model, setup.loss_fn,
-                                                curvature_data(setup.batch), params,
+                                                curvature_data(setup.batch),
+                                                measured_parameters(model, optimizer),
                                                 trace_matvecs=setup.trace_matvecs,
                                                 seed=setup.seed)
     record = {

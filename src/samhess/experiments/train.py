@@ -174,7 +174,7 @@ def layer_record_due(config: Any, step: int) -> bool:
 def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: str | None,
            write_report: bool, comparison: ComparisonProgress | None) -> RunResult:
     """The body of :func:`run_experiment` once ``out`` is claimed."""
-    from samhess.experiments.analyze import analyze_final_model
+    from samhess.experiments.analyze import ANALYSIS_DIR, ANALYSIS_JSON, analyze_final_model
     from samhess.experiments.report import build_report
 
     config = task.config
@@ -203,7 +203,7 @@ def _train(task: Task, out: Path, decision: str, *, quiet: bool, progress_desc: 
                           label_generator=task.label_generator,
                           per_replica=config.sam_perturbation == "per-replica")
 
-    analysis_path = out / "analysis" / "analysis.json"
+    analysis_path = out / ANALYSIS_DIR / ANALYSIS_JSON
     analysis_due = resumed_from != config.steps or not on_main_process(analysis_path.exists)
     plain, layered = remaining_record_steps(config, state.step, state.records)
     show = progress_enabled(quiet) and is_main_process()

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from samhess.analysis._steps import micro_batch_count
+from samhess.analysis._steps import micro_batch_count, optimizer_parameters
 from samhess.curvature.batches import micro_batch
 from samhess.experiments.optimizer_kinds import OptimizerKind, StepProtocol
 
-__all__ = ["StepContext", "training_step", "refresh_ire_mask", "optimizer_parameters"]
+__all__ = ["StepContext", "training_step", "refresh_ire_mask"]
 
 
 @dataclass
@@ -68,11 +68,6 @@ class StepContext:
                 f"--sam-perturbation 'per-replica' is invalid for optimizer {self.kind.name!r}: "
                 "its step uses the first pass's gradient beyond the ascent, so replicas "
                 "perturbed apart would drift apart (sam, usam, asam and IRE over them take it)")
-
-
-def optimizer_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """The parameters an optimizer updates, in its param-group order (IRE's mask order)."""
-    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def refresh_ire_mask(context: StepContext, batch: tuple) -> bool:
