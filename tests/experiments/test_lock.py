@@ -77,6 +77,39 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     assert not (out / LOCK_FILE).exists()
 
 
+#: Takes argv[1]'s lock, writes metrics.jsonl into each further argument with the rename of
+#: write_bytes_atomic left out (a kill -9 between the temporary file and its rename leaves the
+#: same), then dies by SIGKILL.
+DIES_MID_WRITE = """
+import os, signal, sys
+from samhess.experiments import runfiles
+from samhess.experiments.lock import hold_directory
+hold_directory(sys.argv[1], "samhess run")
+os.replace = lambda *args: None
+for target in sys.argv[2:]:
+    runfiles.write_bytes_atomic(os.path.join(target, "metrics.jsonl"), b"half")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_next_writer_removes_what_a_writer_killed_mid_write_left(tmp_path):
+    out = tmp_path / "run"
+    (out / "arms" / "sam").mkdir(parents=True)
+    died = subprocess.run([sys.executable, "-c", DIES_MID_WRITE, str(out), str(out),
+                           str(out / "arms" / "sam")])
+    assert died.returncode == -signal.SIGKILL
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tmp"))
+    assert [name.split("/")[-1].startswith(".metrics.jsonl.") for name in left] == [True, True]
+    # files of the user's that look alike, and a subdirectory that has its own lock
+    (out / ".notes.tmp").write_text("mine")
+    (out / "member").mkdir()
+    (out / "member" / LOCK_FILE).write_text("")
+    (out / "member" / ".metrics.jsonl.abcd1234.tmp").write_text("the member's own writer")
+    with run_directory_lock(out, "samhess run --resume"):
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tmp")) == [
+            ".notes.tmp", "member/.metrics.jsonl.abcd1234.tmp"]
+
+
 def test_the_lock_is_reentrant_and_removes_only_the_directories_it_made(tmp_path):
     out = tmp_path / "a" / "b"
     with run_directory_lock(out, "samhess compare") as outer:

@@ -5,7 +5,9 @@
 :class:`~samhess.errors.DirectoryLockedError` naming the directory and the holder (command,
 process id, host and start time, which the holder writes into the lock file). The kernel drops
 the lock when its holder exits, however it exits, so a lock file left behind by a killed process
-(``kill -9``) never blocks the next run: the file is there, the lock is not.
+(``kill -9``) never blocks the next run: the file is there, the lock is not. The temporary
+files of atomic writes such a process was making are removed when the next holder takes the
+lock (:func:`samhess.experiments.runfiles.remove_interrupted_writes`).
 
 The lock is reentrant within a process (a run that writes its report locks once), and under
 ``torchrun`` only rank 0, the one process that writes, takes it. The directory (and any missing
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from samhess.distributed import on_main_process
 from samhess.errors import DirectoryLockedError, RunDirectoryError
+from samhess.experiments.runfiles import remove_interrupted_writes
 
 __all__ = ["LOCK_FILE", "run_directory_lock", "hold_directory", "let_go", "DirectoryLock"]
 
@@ -89,6 +92,8 @@ class DirectoryLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
         self._fd = fd
+        # The one writer now: a temporary file here is what a killed writer left half-written.
+        remove_interrupted_writes(self.directory, LOCK_FILE)
 
     def release(self) -> None:
         """Remove the lock file, drop the lock, and remove the directories it created if empty."""

@@ -30,10 +30,12 @@ writes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
+import re
 import tempfile
 import zipfile
 import zlib
@@ -96,6 +98,42 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+#: The temporary files of :func:`write_bytes_atomic` (``tempfile.mkstemp``'s eight random
+#: characters between ``.NAME.`` and ``.tmp``) and of the analysis plots (``.NAME.tmp.png``).
+_INTERRUPTED_WRITE = re.compile(r"\..+\.([a-z0-9_]{8}\.tmp|tmp\.png)")
+
+
+def remove_interrupted_writes(directory: str | Path, lock_file: str) -> list[Path]:
+    """Delete the temporary files that writes killed before their rename left in ``directory``.
+
+    An atomic write creates a hidden temporary file and renames it over its target; a process
+    killed in between (``kill -9``, a power cut) leaves the temporary file, which no run reads,
+    and a resumed run would otherwise carry it forever. Only the writer holding ``directory``'s
+    lock may call this: no write of another samhess process can then be in flight there.
+    Subdirectories holding ``lock_file`` are left to their own lock's holder.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    pending = [Path(directory)]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if not os.path.exists(os.path.join(entry.path, lock_file)):
+                    pending.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False) and _INTERRUPTED_WRITE.fullmatch(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
